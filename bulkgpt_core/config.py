@@ -33,7 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GEMINI_BASE_URL", "", "Another endpoint that speaks Gemini's REST API"),
     Setting("BULKGPT_MODEL", DEFAULT_GEMINI_MODEL, "Model used when none is chosen"),
     Setting("BULKGPT_DATA_DIR", "data", "Folder for the SQLite store and worker logs"),
-    Setting("BULKGPT_STORE", "sqlite", "Where batches live: sqlite, postgres, supabase"),
+    Setting("BULKGPT_STORE", "sqlite", "Store: sqlite, postgres or supabase"),
     Setting("DATABASE_URL", "", "PostgreSQL connection string (store postgres)"),
     Setting("SUPABASE_URL", "", "Supabase project URL (store supabase)"),
     Setting("SUPABASE_SERVICE_ROLE_KEY", "", "Supabase service role key, server only"),
