@@ -41,6 +41,10 @@ class Store(abc.ABC):
     def __init__(self, owner: str | None = None) -> None:
         self.owner = owner
 
+    @abc.abstractmethod
+    def scoped(self, owner: str | None) -> Store:
+        """The same store seen by one owner (a new connection; close it after)."""
+
     # -- batches -------------------------------------------------------
 
     @abc.abstractmethod

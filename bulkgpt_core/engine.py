@@ -1,0 +1,532 @@
+"""Runs one batch from the store: every pending row to the model, every result stored.
+
+The engine streams pending rows a page at a time, renders each with the
+batch's template, calls the model with bounded concurrency at the pace the
+rate limits allow, retries what is worth retrying, and writes results in
+batched transactions. It knows nothing about any particular provider or
+store: both come in through their interfaces.
+
+Running a batch again is always safe: it picks up only rows that are not yet
+succeeded or failed, including rows a dead worker left ``running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .batches import (
+    Batch,
+    BatchStatus,
+    GenerationSettings,
+    PendingRow,
+    RowResult,
+    RowStatus,
+    utcnow,
+)
+from .cost import Price, price_for
+from .errors import BulkGPTError, StoreError
+from .models.base import FailureKind, ModelClient, ModelError, ModelReply
+from .pacing import Pacer
+from .stores.base import Store
+from .templates import CompiledTemplate, compile_template, prompt_hash
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CHARS_PER_TOKEN = 4
+RATE_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Tuning knobs; the defaults suit every store and provider."""
+
+    page_rows: int = 500
+    flush_rows: int = 500
+    flush_seconds: float = 1.0
+    tick_seconds: float = 1.0
+    base_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    max_prompt_chars: int = 200_000
+    #: Only rows with ``lo <= index < hi`` (one shard of a batch).
+    row_range: tuple[int, int] | None = None
+    #: How long the store may fail before the batch is paused.
+    store_outage_s: float = 120.0
+
+
+@dataclass
+class RunStats:
+    """What one run of the engine did, for logs and benchmarks."""
+
+    calls: int = 0
+    throttled: int = 0
+    retries: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    flushes: int = 0
+
+
+class StopRun(BulkGPTError):
+    """Raised inside the engine when the batch must stop."""
+
+
+class BatchRun:
+    """One worker's run over a batch (or one shard of it)."""
+
+    def __init__(
+        self,
+        store: Store,
+        batch: Batch,
+        model: ModelClient,
+        options: EngineOptions,
+        price: Price,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.model = model
+        self.options = options
+        self.price = price
+        self.limits = batch.run_limits()
+        self.settings: GenerationSettings = batch.generation_settings()
+        self.template: CompiledTemplate = compile_template(
+            batch.template, batch.columns
+        )
+        self.pacer = Pacer(self.limits.rpm, self.limits.tpm)
+        self.stats = RunStats()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._buffer: list[RowResult] = []
+        self._to_release: list[int] = []
+        self._flush_wanted = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.stop_status: BatchStatus | None = None
+        self.stop_error: str | None = None
+        self._done_times: collections.deque[tuple[float, int]] = collections.deque()
+        self._completed_rows = 0
+
+    # -- store access, off the event loop
+
+    async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
+
+    # -- the run
+
+    async def run(self) -> RunStats:
+        rng = self.options.row_range
+        await self._store(self.store.requeue_running, self.batch.id, rng)
+        flusher = asyncio.create_task(self._flush_loop())
+        ticker = asyncio.create_task(self._tick_loop())
+        try:
+            await self._dispatch_all()
+        finally:
+            self._stop.set()
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            self._flush_wanted.set()
+            await flusher
+            await self._final_flush()
+            self._io.shutdown(wait=True)
+        return self.stats
+
+    async def _dispatch_all(self) -> None:
+        """Passes over the pending rows until a pass finds none."""
+        outstanding = asyncio.Semaphore(max(self.limits.concurrency * 2, 8))
+        in_flight = asyncio.Semaphore(self.limits.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        while not self._stop.is_set():
+            claimed = await self._one_pass(outstanding, in_flight, tasks)
+            if claimed == 0:
+                break
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _one_pass(
+        self,
+        outstanding: asyncio.Semaphore,
+        in_flight: asyncio.Semaphore,
+        tasks: set[asyncio.Task[None]],
+    ) -> int:
+        cursor, claimed = -1, 0
+        while not self._stop.is_set():
+            page = await self._store(
+                self.store.claim_rows,
+                self.batch.id,
+                after_index=cursor,
+                limit=self.options.page_rows,
+                row_range=self.options.row_range,
+            )
+            if not page:
+                break
+            claimed += len(page)
+            cursor = page[-1].index
+            for position, row in enumerate(page):
+                await outstanding.acquire()
+                if self._stop.is_set():
+                    outstanding.release()
+                    self._to_release.extend(r.index for r in page[position:])
+                    break
+                task = asyncio.create_task(self._process(row, in_flight))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _t: outstanding.release())
+        # Let this pass's rows finish before looking for rows left behind.
+        if tasks:
+            await asyncio.gather(*tasks)
+        return claimed
+
+    # -- one row
+
+    async def _process(self, row: PendingRow, in_flight: asyncio.Semaphore) -> None:
+        try:
+            await self._process_row(row, in_flight)
+        except Exception as exc:  # one bad row never stops a batch
+            log.exception("row %d failed unexpectedly", row.index)
+            self._record(_unexpected_failure(row.index, exc))
+
+    async def _process_row(self, row: PendingRow, in_flight: asyncio.Semaphore) -> None:
+        prompt = self.template.render(row.values)
+        phash = prompt_hash(
+            prompt,
+            model=self.settings.model,
+            system_prompt=self.settings.system_prompt,
+            settings=self.batch.generation,
+            schema=self.settings.response_schema,
+        )
+        if len(prompt) > self.options.max_prompt_chars:
+            self._record(_prompt_too_long(row.index, phash, len(prompt), self.options))
+            return
+        result = await self._call_with_retries(row.index, prompt, phash, in_flight)
+        if result is None:
+            self._to_release.append(row.index)
+        else:
+            self._record(result)
+
+    async def _call_with_retries(
+        self, index: int, prompt: str, phash: str, in_flight: asyncio.Semaphore
+    ) -> RowResult | None:
+        """The row's result, or None when the batch stopped before it was sent."""
+        estimate = (len(prompt) + len(self.settings.system_prompt)) // CHARS_PER_TOKEN
+        attempt = 0
+        while True:
+            if self._stop.is_set():
+                return None
+            attempt += 1
+            async with in_flight:
+                if self._stop.is_set():
+                    return None
+                await self.pacer.wait(estimate)
+                started = time.monotonic()
+                try:
+                    self.stats.calls += 1
+                    reply = await self.model.generate(prompt, self.settings)
+                except ModelError as exc:
+                    error = exc
+                else:
+                    self.pacer.succeeded()
+                    return self._success(index, phash, reply, attempt)
+            delay = self._after_failure(error, attempt)
+            if delay is None:
+                if error.kind.fails_every_call:
+                    self._halt(BatchStatus.FAILED, str(error))
+                    return None
+                return self._failure(index, phash, error, attempt, started)
+            self.stats.retries += 1
+            if await self._sleep_unless_stopped(delay):
+                return None
+
+    def _after_failure(self, error: ModelError, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when the row is done for."""
+        if error.kind is FailureKind.RATE_LIMITED:
+            self.stats.throttled += 1
+            self.pacer.throttled()
+        if not error.retryable or attempt >= self.limits.max_attempts:
+            return None
+        return backoff_delay(
+            attempt,
+            error.retry_after,
+            base=self.options.base_backoff_s,
+            cap=self.options.max_backoff_s,
+        )
+
+    async def _sleep_unless_stopped(self, delay: float) -> bool:
+        """Sleep; say whether the batch was stopped meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+    def _success(
+        self, index: int, phash: str, reply: ModelReply, attempts: int
+    ) -> RowResult:
+        return RowResult(
+            index=index,
+            status=RowStatus.SUCCEEDED,
+            output=reply.text,
+            prompt_hash=phash,
+            attempts=attempts,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+            cost_usd=self.price.cost(reply.tokens_in, reply.tokens_out),
+            latency_ms=round(reply.latency_s * 1000),
+            finish_reason=reply.finish_reason,
+        )
+
+    def _failure(
+        self,
+        index: int,
+        phash: str,
+        error: ModelError,
+        attempts: int,
+        started: float,
+    ) -> RowResult:
+        reply = error.reply
+        tokens_in = reply.tokens_in if reply else 0
+        tokens_out = reply.tokens_out if reply else 0
+        return RowResult(
+            index=index,
+            status=RowStatus.FAILED,
+            output=reply.text if reply and reply.text else None,
+            prompt_hash=phash,
+            error_kind=error.kind.value,
+            error_message=str(error),
+            attempts=attempts,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=self.price.cost(tokens_in, tokens_out),
+            latency_ms=round((time.monotonic() - started) * 1000),
+            finish_reason=reply.finish_reason if reply else None,
+        )
+
+    def _record(self, result: RowResult) -> None:
+        self._buffer.append(result)
+        if result.status is RowStatus.SUCCEEDED:
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+        self._completed_rows += 1
+        if len(self._buffer) >= self.options.flush_rows:
+            self._flush_wanted.set()
+
+    def _halt(self, status: BatchStatus, error: str | None = None) -> None:
+        if self.stop_status is None:
+            self.stop_status = status
+            self.stop_error = error
+            log.warning("batch %s stopping: %s %s", self.batch.id, status, error or "")
+        self._stop.set()
+
+    # -- writing results
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._flush_wanted.wait(), timeout=self.options.flush_seconds
+                )
+            self._flush_wanted.clear()
+            await self._flush()
+            if self._stop.is_set():
+                return
+
+    async def _flush(self) -> None:
+        """Write buffered results; keep them and retry while the store is down."""
+        if not self._buffer:
+            return
+        pending, self._buffer = self._buffer, []
+        outage_started = time.monotonic()
+        delay = 0.5
+        while True:
+            try:
+                await self._store(self.store.record_results, self.batch.id, pending)
+                self.stats.flushes += 1
+                return
+            except StoreError as exc:
+                down_for = time.monotonic() - outage_started
+                if down_for > self.options.store_outage_s:
+                    self._buffer = pending + self._buffer
+                    self._halt(
+                        BatchStatus.PAUSED, f"The store stopped answering: {exc}"
+                    )
+                    raise
+                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _final_flush(self) -> None:
+        try:
+            await self._flush()
+        except StoreError:
+            log.error(
+                "batch %s: %d results could not be stored",
+                self.batch.id,
+                len(self._buffer),
+            )
+            return
+        if self._to_release:
+            released, self._to_release = self._to_release, []
+            await self._store(self.store.release_rows, self.batch.id, released)
+
+    # -- watching the batch
+
+    async def _tick_loop(self) -> None:
+        """Once a tick: publish the rate, and notice pause, cancel and budget."""
+        while True:
+            await asyncio.sleep(self.options.tick_seconds)
+            try:
+                await self._tick()
+            except StoreError as exc:
+                log.warning("progress update failed: %s", exc)
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        self._done_times.append((now, self._completed_rows))
+        while self._done_times and now - self._done_times[0][0] > RATE_WINDOW_S:
+            self._done_times.popleft()
+        first_t, first_n = self._done_times[0]
+        rate = (
+            (self._completed_rows - first_n) / (now - first_t) if now > first_t else 0
+        )
+        if self.options.row_range is None:
+            await self._store(
+                self.store.update_batch, self.batch.id, rows_per_second=round(rate, 3)
+            )
+        batch = await self._store(self.store.get_batch, self.batch.id)
+        if batch.status is BatchStatus.PAUSED:
+            self._halt(BatchStatus.PAUSED)
+        elif batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+            self._halt(BatchStatus.CANCELLED)
+        elif batch.budget_usd is not None and batch.cost_usd >= batch.budget_usd:
+            self._halt(
+                BatchStatus.PAUSED,
+                f"Paused: the budget of ${batch.budget_usd:.2f} is spent "
+                f"(${batch.cost_usd:.2f}). Raise the budget and resume to go on.",
+            )
+
+
+def backoff_delay(
+    attempt: int, retry_after: float | None, *, base: float, cap: float
+) -> float:
+    """Exponential backoff with jitter, never shorter than the server asked."""
+    exponential = min(cap, base * 2 ** (attempt - 1))
+    delay = random.uniform(exponential / 2, exponential)
+    if retry_after is not None:
+        delay = max(delay, retry_after * random.uniform(1.0, 1.2))
+    return delay
+
+
+def _unexpected_failure(index: int, exc: Exception) -> RowResult:
+    return RowResult(
+        index=index,
+        status=RowStatus.FAILED,
+        error_kind=FailureKind.OTHER.value,
+        error_message=f"Unexpected error: {type(exc).__name__}: {exc}",
+        attempts=0,
+    )
+
+
+def _prompt_too_long(
+    index: int, phash: str, length: int, options: EngineOptions
+) -> RowResult:
+    return RowResult(
+        index=index,
+        status=RowStatus.FAILED,
+        prompt_hash=phash,
+        error_kind=FailureKind.INVALID_REQUEST.value,
+        error_message=(
+            f"The prompt for this row is {length:,} characters, over the limit of "
+            f"{options.max_prompt_chars:,} (BULKGPT_MAX_PROMPT_CHARS). Shorten the "
+            "template or the cell."
+        ),
+        attempts=0,
+    )
+
+
+async def run_batch(
+    store: Store,
+    batch_id: str,
+    model: ModelClient,
+    options: EngineOptions | None = None,
+) -> Batch:
+    """Run a batch (or one shard of it) until no pending row is left, or it stops.
+
+    Returns the batch as stored afterwards. Without a row range, the batch ends
+    ``completed``, ``paused``, ``cancelled`` or ``failed``; a shard leaves the
+    batch's status to whoever coordinates the shards.
+    """
+    options = options or EngineOptions()
+    batch = store.get_batch(batch_id)
+    if not _claim_for_running(store, batch):
+        return store.get_batch(batch_id)
+    try:
+        run = BatchRun(store, batch, model, options, price_for(batch.model))
+    except BulkGPTError as exc:
+        store.set_status(batch_id, BatchStatus.FAILED, last_error=str(exc))
+        return store.get_batch(batch_id)
+    started = time.monotonic()
+    try:
+        stats = await run.run()
+    except StoreError:
+        return store.get_batch(batch_id)
+    log.info(
+        "batch %s: %d calls, %d ok, %d failed, %d retries in %.1fs",
+        batch_id,
+        stats.calls,
+        stats.succeeded,
+        stats.failed,
+        stats.retries,
+        time.monotonic() - started,
+    )
+    if options.row_range is None:
+        _settle(store, batch_id, run.stop_status, run.stop_error)
+    elif run.stop_status is BatchStatus.FAILED:
+        store.set_status(batch_id, BatchStatus.FAILED, last_error=run.stop_error)
+    return store.get_batch(batch_id)
+
+
+def _claim_for_running(store: Store, batch: Batch) -> bool:
+    """Mark the batch running; False when it is not runnable."""
+    if batch.status is BatchStatus.CANCELLING:
+        store.requeue_running(batch.id)
+        store.set_status(batch.id, BatchStatus.CANCELLED)
+        return False
+    runnable = (BatchStatus.PENDING, BatchStatus.RUNNING)
+    if batch.status not in runnable:
+        return False
+    if not store.set_status(batch.id, BatchStatus.RUNNING, only_from=runnable):
+        return False
+    if batch.started_at is None:
+        store.update_batch(batch.id, started_at=utcnow())
+    return True
+
+
+def _settle(
+    store: Store, batch_id: str, stop: BatchStatus | None, error: str | None
+) -> None:
+    """Give a whole batch its final status after a run."""
+    if stop is BatchStatus.FAILED:
+        store.set_status(batch_id, BatchStatus.FAILED, last_error=error)
+    elif stop is BatchStatus.CANCELLED:
+        store.set_status(batch_id, BatchStatus.CANCELLED)
+    elif stop is BatchStatus.PAUSED:
+        store.set_status(
+            batch_id,
+            BatchStatus.PAUSED,
+            only_from=(BatchStatus.RUNNING, BatchStatus.PAUSED),
+            last_error=error,
+        )
+    else:
+        batch = store.get_batch(batch_id)
+        if batch.remaining == 0:
+            store.set_status(
+                batch_id, BatchStatus.COMPLETED, only_from=(BatchStatus.RUNNING,)
+            )
+        store.update_batch(batch_id, rows_per_second=0.0)

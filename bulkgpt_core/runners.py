@@ -1,0 +1,67 @@
+"""Where a batch runs: a detached local process by default, or Modal.
+
+Starting a worker never blocks: the app returns at once and the worker
+writes its progress to the store, so closing the browser or restarting the
+app does not stop a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import Settings
+from .stores.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def worker_log_path(settings: Settings, batch_id: str) -> Path:
+    return settings.data_dir / "logs" / f"worker-{batch_id}.log"
+
+
+def start_local_worker(settings: Settings, batch_id: str) -> int:
+    """Start ``python -m bulkgpt_core worker BATCH_ID`` in its own session."""
+    log_path = worker_log_path(settings, batch_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bulkgpt_core", "worker", batch_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+    log.info("started local worker %s for batch %s", process.pid, batch_id)
+    return process.pid
+
+
+def start_worker(settings: Settings, store: Store, batch_id: str) -> str:
+    """Start the configured runner for a batch; record and return its call id."""
+    if settings.runner == "modal":
+        from .modal_launch import spawn_on_modal
+
+        call_id = spawn_on_modal(settings, batch_id)
+        store.update_batch(batch_id, runner="modal", call_id=call_id)
+        return call_id
+    pid = start_local_worker(settings, batch_id)
+    call_id = f"pid:{pid}"
+    store.update_batch(batch_id, runner="local", call_id=call_id)
+    return call_id
+
+
+def local_worker_alive(call_id: str | None) -> bool:
+    """Whether the local worker process behind a call id is still running."""
+    if not call_id or not call_id.startswith("pid:"):
+        return False
+    try:
+        os.kill(int(call_id[4:]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
