@@ -213,3 +213,16 @@ class StoredRow:
     latency_ms: int | None
     finish_reason: str | None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProgressSample:
+    """A batch's counters at one moment, for the throughput chart."""
+
+    at: datetime
+    succeeded: int
+    failed: int
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed

@@ -44,6 +44,8 @@ T = TypeVar("T")
 
 CHARS_PER_TOKEN = 4
 RATE_WINDOW_S = 30.0
+#: How often the counters are remembered for the throughput chart.
+PROGRESS_SAMPLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class BatchRun:
         self.stop_error: str | None = None
         self._done_times: collections.deque[tuple[float, int]] = collections.deque()
         self._completed_rows = 0
+        self._last_sample = 0.0
 
     # -- store access, off the event loop
 
@@ -399,6 +402,9 @@ class BatchRun:
             await self._store(
                 self.store.update_batch, self.batch.id, rows_per_second=round(rate, 3)
             )
+        if now - self._last_sample >= PROGRESS_SAMPLE_S:
+            self._last_sample = now
+            await self._store(self.store.add_progress_sample, self.batch.id)
         batch = await self._store(self.store.get_batch, self.batch.id)
         if batch.status is BatchStatus.PAUSED:
             self._halt(BatchStatus.PAUSED)

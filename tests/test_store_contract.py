@@ -236,3 +236,14 @@ def test_owner_scoping(store: Store) -> None:
     finally:
         as_bob.close()
         as_alice.close()
+
+
+def test_progress_samples(store: Store) -> None:
+    batch = make_batch(store, 3)
+    store.add_progress_sample(batch.id)
+    store.claim_rows(batch.id, after_index=-1, limit=3)
+    store.record_results(batch.id, [ok(0), bad(1)])
+    store.add_progress_sample(batch.id)
+    samples = store.progress_samples(batch.id)
+    assert [(s.succeeded, s.failed) for s in samples] == [(0, 0), (1, 1)]
+    assert samples[0].at <= samples[1].at

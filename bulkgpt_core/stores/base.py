@@ -23,6 +23,7 @@ from ..batches import (
     BatchStatus,
     NewBatch,
     PendingRow,
+    ProgressSample,
     RowResult,
     RowStatus,
     StoredRow,
@@ -128,6 +129,19 @@ class Store(abc.ABC):
     def reset_failed(self, batch_id: str, kinds: Iterable[str] | None = None) -> int:
         """Put failed rows (all, or those with the given error kinds) back to
         ``pending`` and take them off the counters."""
+
+    # -- progress over time, for the throughput chart -
+
+    @abc.abstractmethod
+    def add_progress_sample(self, batch_id: str) -> None:
+        """Remember the batch's counters now (the engine calls this every few
+        seconds)."""
+
+    @abc.abstractmethod
+    def progress_samples(
+        self, batch_id: str, *, limit: int = 1000
+    ) -> list[ProgressSample]:
+        """The remembered counters, oldest first (the latest ``limit``)."""
 
     # -- rows, for pages and exports -----------------------------------------
 

@@ -22,6 +22,7 @@ from ..batches import (
     BatchStatus,
     NewBatch,
     PendingRow,
+    ProgressSample,
     RowResult,
     RowStatus,
     StoredRow,
@@ -106,6 +107,14 @@ CREATE INDEX IF NOT EXISTS batch_results_status
     ON batch_results (batch_id, status, row_index);
 CREATE INDEX IF NOT EXISTS batch_results_reuse
     ON batch_results (prompt_hash) WHERE status = 'succeeded';
+
+CREATE TABLE IF NOT EXISTS batch_progress (
+    batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+    at TEXT NOT NULL,
+    succeeded INTEGER NOT NULL,
+    failed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_progress_batch ON batch_progress (batch_id, at);
 """
 
 RESULT_UPDATE = """
@@ -336,6 +345,7 @@ class SQLiteStore(Store):
         with self._write() as conn:
             self._check_batch(conn, batch_id)
             conn.execute("DELETE FROM batch_results WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batch_progress WHERE batch_id = ?", (batch_id,))
             conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
 
     # -- rows, for the engine --------------------------------------------------
@@ -466,6 +476,31 @@ class SQLiteStore(Store):
                 (sums[0], _ts(utcnow()), batch_id),
             )
         return int(sums[0])
+
+    # -- progress over time
+
+    def add_progress_sample(self, batch_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO batch_progress (batch_id, at, succeeded, failed) "
+                "SELECT id, ?, succeeded, failed FROM batches WHERE id = ?",
+                (_ts(utcnow()), batch_id),
+            )
+
+    def progress_samples(
+        self, batch_id: str, *, limit: int = 1000
+    ) -> list[ProgressSample]:
+        with self._read() as conn:
+            self._check_batch(conn, batch_id)
+            rows = conn.execute(
+                "SELECT at, succeeded, failed FROM batch_progress WHERE batch_id = ? "
+                "ORDER BY at DESC LIMIT ?",
+                (batch_id, limit),
+            ).fetchall()
+        return [
+            ProgressSample(datetime.fromisoformat(r[0]), r[1], r[2])
+            for r in reversed(rows)
+        ]
 
     # -- rows, for pages and exports -------------------------------------------
 
