@@ -24,6 +24,7 @@ MIN_FACTOR = 0.05
 #: Several 429s from calls already in flight count as one signal.
 THROTTLE_COOLDOWN_S = 1.0
 RATE_WINDOW_S = 5.0
+MIN_SPAN_S = 0.05
 
 
 class Pacer:
@@ -90,6 +91,8 @@ class Pacer:
             self._factor = min(1.0, self._factor + RECOVERY_STEP)
 
     def _recent_rate(self, now: float) -> float:
-        start = now - RATE_WINDOW_S
-        count = sum(1 for t in self._recent if t >= start)
-        return count / RATE_WINDOW_S
+        """Calls per second over the last few seconds (or since the first call)."""
+        recent = [t for t in self._recent if t >= now - RATE_WINDOW_S]
+        if not recent:
+            return 1.0
+        return len(recent) / max(now - recent[0], MIN_SPAN_S)
