@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    model = args.model or settings.default_model
+    model = args.model or settings.model
     if model != DEMO_MODEL and not settings.has_gemini_key:
         raise ConfigError(
             "GEMINI_API_KEY is not set: set it in the environment or in "
