@@ -52,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BULKGPT_MAX_ATTEMPTS", "6", "Tries per row for retryable errors"),
     Setting("BULKGPT_REQUEST_TIMEOUT", "60", "Seconds before one call is abandoned"),
     Setting("BULKGPT_DEMO_DELAY_MS", "300", "How long the demo model takes to answer"),
+    Setting("BULKGPT_PRICES", "", 'Price overrides, JSON: {"model": [in, out]} per 1M'),
 )
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
@@ -106,6 +107,7 @@ class Settings:
     max_attempts: int = 6
     request_timeout_s: float = 60.0
     demo_delay_s: float = 0.3
+    prices: str = ""
     source: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -144,6 +146,7 @@ class Settings:
             max_attempts=_int(v, "BULKGPT_MAX_ATTEMPTS"),
             request_timeout_s=_float(v, "BULKGPT_REQUEST_TIMEOUT"),
             demo_delay_s=_float(v, "BULKGPT_DEMO_DELAY_MS") / 1000,
+            prices=v["BULKGPT_PRICES"],
             source=dict(v),
         )
 

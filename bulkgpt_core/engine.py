@@ -63,6 +63,8 @@ class EngineOptions:
     row_range: tuple[int, int] | None = None
     #: How long the store may fail before the batch is paused.
     store_outage_s: float = 120.0
+    #: Prices that override the built-in table (``BULKGPT_PRICES``).
+    prices: dict[str, Price] | None = None
 
 
 @dataclass
@@ -473,7 +475,8 @@ async def run_batch(
     if not _claim_for_running(store, batch):
         return store.get_batch(batch_id)
     try:
-        run = BatchRun(store, batch, model, options, price_for(batch.model))
+        price = price_for(batch.model, options.prices)
+        run = BatchRun(store, batch, model, options, price)
     except BulkGPTError as exc:
         store.set_status(batch_id, BatchStatus.FAILED, last_error=str(exc))
         return store.get_batch(batch_id)

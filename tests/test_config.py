@@ -65,3 +65,9 @@ def test_a_chosen_store_without_its_settings(tmp_path: Path, store, missing) -> 
 def test_every_setting_has_help() -> None:
     assert all(s.help for s in SETTINGS)
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert missing == []
