@@ -412,6 +412,9 @@ class BatchRun:
             self._halt(BatchStatus.PAUSED)
         elif batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             self._halt(BatchStatus.CANCELLED)
+        elif batch.status is BatchStatus.FAILED:
+            # Another shard met an error that fails every call.
+            self._halt(BatchStatus.FAILED, batch.last_error)
         elif batch.budget_usd is not None and batch.cost_usd >= batch.budget_usd:
             self._halt(
                 BatchStatus.PAUSED,
@@ -495,7 +498,7 @@ async def run_batch(
         time.monotonic() - started,
     )
     if options.row_range is None:
-        _settle(store, batch_id, run.stop_status, run.stop_error)
+        settle_batch(store, batch_id, run.stop_status, run.stop_error)
     elif run.stop_status is BatchStatus.FAILED:
         store.set_status(batch_id, BatchStatus.FAILED, last_error=run.stop_error)
     return store.get_batch(batch_id)
@@ -517,7 +520,7 @@ def _claim_for_running(store: Store, batch: Batch) -> bool:
     return True
 
 
-def _settle(
+def settle_batch(
     store: Store, batch_id: str, stop: BatchStatus | None, error: str | None
 ) -> None:
     """Give a whole batch its final status after a run."""
