@@ -79,6 +79,9 @@ class RunLimits:
     tpm: int | None = None
     max_attempts: int = 6
     timeout_s: float = 60.0
+    #: Reuse answers from the owner's earlier batches (identical rows within
+    #: this batch are always answered once).
+    reuse: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,7 @@ class RunLimits:
             "tpm": self.tpm,
             "max_attempts": self.max_attempts,
             "timeout_s": self.timeout_s,
+            "reuse": self.reuse,
         }
 
     @classmethod

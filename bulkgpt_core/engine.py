@@ -16,7 +16,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,17 +31,18 @@ from .batches import (
     RowStatus,
     utcnow,
 )
+from .calls import CallPolicy, FatalCallError, RowCaller
 from .cost import Price, price_for
 from .errors import BulkGPTError, StoreError
-from .models.base import FailureKind, ModelClient, ModelError, ModelReply
+from .models.base import FailureKind, ModelClient
 from .pacing import Pacer
+from .reuse import AnswerCache, from_stored, reused_result
 from .stores.base import Store
 from .templates import CompiledTemplate, compile_template, prompt_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CHARS_PER_TOKEN = 4
 RATE_WINDOW_S = 30.0
 #: How often the counters are remembered for the throughput chart.
 PROGRESS_SAMPLE_S = 5.0
@@ -59,6 +59,7 @@ class EngineOptions:
     base_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     max_prompt_chars: int = 200_000
+    max_output_tokens_cap: int = 65_536
     #: Only rows with ``lo <= index < hi`` (one shard of a batch).
     row_range: tuple[int, int] | None = None
     #: How long the store may fail before the batch is paused.
@@ -72,15 +73,12 @@ class RunStats:
     """What one run of the engine did, for logs and benchmarks."""
 
     calls: int = 0
-    throttled: int = 0
     retries: int = 0
+    throttled: int = 0
     succeeded: int = 0
     failed: int = 0
+    reused: int = 0
     flushes: int = 0
-
-
-class StopRun(BulkGPTError):
-    """Raised inside the engine when the batch must stop."""
 
 
 class BatchRun:
@@ -96,21 +94,37 @@ class BatchRun:
     ) -> None:
         self.store = store
         self.batch = batch
-        self.model = model
         self.options = options
-        self.price = price
         self.limits = batch.run_limits()
         self.settings: GenerationSettings = batch.generation_settings()
         self.template: CompiledTemplate = compile_template(
             batch.template, batch.columns
         )
-        self.pacer = Pacer(self.limits.rpm, self.limits.tpm)
+        self._stop = asyncio.Event()
+        self.caller = RowCaller(
+            model,
+            self.settings,
+            concurrency=self.limits.concurrency,
+            pacer=Pacer(self.limits.rpm, self.limits.tpm),
+            price=price,
+            policy=CallPolicy(
+                max_attempts=self.limits.max_attempts,
+                base_backoff_s=options.base_backoff_s,
+                max_backoff_s=options.max_backoff_s,
+                max_output_tokens_cap=options.max_output_tokens_cap,
+            ),
+            stop=self._stop,
+        )
+        self.cache = AnswerCache()
+        self.reuse_across_batches = self.limits.reuse
+        # Answers are only ever reused from the batch owner's own batches.
+        owner = batch.user_id
+        self.reuse_store = store if owner == store.owner else store.scoped(owner)
         self.stats = RunStats()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._buffer: list[RowResult] = []
         self._to_release: list[int] = []
         self._flush_wanted = asyncio.Event()
-        self._stop = asyncio.Event()
         self.stop_status: BatchStatus | None = None
         self.stop_error: str | None = None
         self._done_times: collections.deque[tuple[float, int]] = collections.deque()
@@ -140,25 +154,27 @@ class BatchRun:
             await flusher
             await self._final_flush()
             self._io.shutdown(wait=True)
+            if self.reuse_store is not self.store:
+                self.reuse_store.close()
+        counters = self.caller.counters
+        self.stats.calls = counters.calls
+        self.stats.retries = counters.retries
+        self.stats.throttled = counters.throttled
         return self.stats
 
     async def _dispatch_all(self) -> None:
         """Passes over the pending rows until a pass finds none."""
         outstanding = asyncio.Semaphore(max(self.limits.concurrency * 2, 8))
-        in_flight = asyncio.Semaphore(self.limits.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         while not self._stop.is_set():
-            claimed = await self._one_pass(outstanding, in_flight, tasks)
+            claimed = await self._one_pass(outstanding, tasks)
             if claimed == 0:
                 break
         if tasks:
             await asyncio.gather(*tasks)
 
     async def _one_pass(
-        self,
-        outstanding: asyncio.Semaphore,
-        in_flight: asyncio.Semaphore,
-        tasks: set[asyncio.Task[None]],
+        self, outstanding: asyncio.Semaphore, tasks: set[asyncio.Task[None]]
     ) -> int:
         cursor, claimed = -1, 0
         while not self._stop.is_set():
@@ -173,13 +189,17 @@ class BatchRun:
                 break
             claimed += len(page)
             cursor = page[-1].index
-            for position, row in enumerate(page):
+            prepared = [self._prepare(row) for row in page]
+            await self._look_up_answers([phash for _, phash in prepared])
+            for position, (row, (prompt, phash)) in enumerate(
+                zip(page, prepared, strict=True)
+            ):
                 await outstanding.acquire()
                 if self._stop.is_set():
                     outstanding.release()
                     self._to_release.extend(r.index for r in page[position:])
                     break
-                task = asyncio.create_task(self._process(row, in_flight))
+                task = asyncio.create_task(self._process(row, prompt, phash))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _t: outstanding.release())
@@ -190,14 +210,8 @@ class BatchRun:
 
     # -- one row
 
-    async def _process(self, row: PendingRow, in_flight: asyncio.Semaphore) -> None:
-        try:
-            await self._process_row(row, in_flight)
-        except Exception as exc:  # one bad row never stops a batch
-            log.exception("row %d failed unexpectedly", row.index)
-            self._record(_unexpected_failure(row.index, exc))
-
-    async def _process_row(self, row: PendingRow, in_flight: asyncio.Semaphore) -> None:
+    def _prepare(self, row: PendingRow) -> tuple[str, str]:
+        """The row's rendered prompt and the hash that identifies its answer."""
         prompt = self.template.render(row.values)
         phash = prompt_hash(
             prompt,
@@ -206,111 +220,50 @@ class BatchRun:
             settings=self.batch.generation,
             schema=self.settings.response_schema,
         )
-        if len(prompt) > self.options.max_prompt_chars:
-            self._record(_prompt_too_long(row.index, phash, len(prompt), self.options))
-            return
-        result = await self._call_with_retries(row.index, prompt, phash, in_flight)
+        return prompt, phash
+
+    async def _process(self, row: PendingRow, prompt: str, phash: str) -> None:
+        try:
+            result = await self._answer(row.index, prompt, phash)
+        except FatalCallError as fatal:
+            self._halt(BatchStatus.FAILED, str(fatal.error))
+            result = None
+        except Exception as exc:  # one bad row never stops a batch
+            log.exception("row %d failed unexpectedly", row.index)
+            result = _unexpected_failure(row.index, exc)
         if result is None:
             self._to_release.append(row.index)
         else:
             self._record(result)
 
-    async def _call_with_retries(
-        self, index: int, prompt: str, phash: str, in_flight: asyncio.Semaphore
-    ) -> RowResult | None:
-        """The row's result, or None when the batch stopped before it was sent."""
-        estimate = (len(prompt) + len(self.settings.system_prompt)) // CHARS_PER_TOKEN
-        attempt = 0
-        while True:
-            if self._stop.is_set():
-                return None
-            attempt += 1
-            async with in_flight:
-                if self._stop.is_set():
-                    return None
-                await self.pacer.wait(estimate)
-                started = time.monotonic()
-                try:
-                    self.stats.calls += 1
-                    reply = await self.model.generate(prompt, self.settings)
-                except ModelError as exc:
-                    error = exc
-                else:
-                    self.pacer.succeeded()
-                    return self._success(index, phash, reply, attempt)
-            delay = self._after_failure(error, attempt)
-            if delay is None:
-                if error.kind.fails_every_call:
-                    self._halt(BatchStatus.FAILED, str(error))
-                    return None
-                return self._failure(index, phash, error, attempt, started)
-            self.stats.retries += 1
-            if await self._sleep_unless_stopped(delay):
-                return None
-
-    def _after_failure(self, error: ModelError, attempt: int) -> float | None:
-        """Seconds to wait before retrying, or None when the row is done for."""
-        if error.kind is FailureKind.RATE_LIMITED:
-            self.stats.throttled += 1
-            self.pacer.throttled()
-        if not error.retryable or attempt >= self.limits.max_attempts:
-            return None
-        return backoff_delay(
-            attempt,
-            error.retry_after,
-            base=self.options.base_backoff_s,
-            cap=self.options.max_backoff_s,
-        )
-
-    async def _sleep_unless_stopped(self, delay: float) -> bool:
-        """Sleep; say whether the batch was stopped meanwhile."""
+    async def _answer(self, index: int, prompt: str, phash: str) -> RowResult | None:
+        """A result from an identical answer if there is one, else from a call."""
+        if len(prompt) > self.options.max_prompt_chars:
+            return _prompt_too_long(index, phash, len(prompt), self.options)
+        earlier = self.cache.answered(phash)
+        if earlier is None and (waiting := self.cache.in_flight(phash)) is not None:
+            earlier = await waiting
+        if earlier is not None and earlier.status is RowStatus.SUCCEEDED:
+            return reused_result(index, earlier)
+        self.cache.begin(phash)
+        result = None
         try:
-            await asyncio.wait_for(self._stop.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
+            result = await self.caller.answer(index, prompt, phash)
+        finally:
+            self.cache.finish(phash, result)
+        return result
 
-    def _success(
-        self, index: int, phash: str, reply: ModelReply, attempts: int
-    ) -> RowResult:
-        return RowResult(
-            index=index,
-            status=RowStatus.SUCCEEDED,
-            output=reply.text,
-            prompt_hash=phash,
-            attempts=attempts,
-            tokens_in=reply.tokens_in,
-            tokens_out=reply.tokens_out,
-            cost_usd=self.price.cost(reply.tokens_in, reply.tokens_out),
-            latency_ms=round(reply.latency_s * 1000),
-            finish_reason=reply.finish_reason,
+    async def _look_up_answers(self, hashes: list[str]) -> None:
+        """Fill the cache with stored answers for this page's prompts."""
+        wanted = [h for h in dict.fromkeys(hashes) if h not in self.cache]
+        if not wanted:
+            return
+        batch_only = None if self.reuse_across_batches else self.batch.id
+        found = await self._store(
+            self.reuse_store.find_reusable, wanted, batch_id=batch_only
         )
-
-    def _failure(
-        self,
-        index: int,
-        phash: str,
-        error: ModelError,
-        attempts: int,
-        started: float,
-    ) -> RowResult:
-        reply = error.reply
-        tokens_in = reply.tokens_in if reply else 0
-        tokens_out = reply.tokens_out if reply else 0
-        return RowResult(
-            index=index,
-            status=RowStatus.FAILED,
-            output=reply.text if reply and reply.text else None,
-            prompt_hash=phash,
-            error_kind=error.kind.value,
-            error_message=str(error),
-            attempts=attempts,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            cost_usd=self.price.cost(tokens_in, tokens_out),
-            latency_ms=round((time.monotonic() - started) * 1000),
-            finish_reason=reply.finish_reason if reply else None,
-        )
+        for phash, row in found.items():
+            self.cache.remember(phash, from_stored(row, phash))
 
     def _record(self, result: RowResult) -> None:
         self._buffer.append(result)
@@ -318,6 +271,7 @@ class BatchRun:
             self.stats.succeeded += 1
         else:
             self.stats.failed += 1
+        self.stats.reused += result.reused
         self._completed_rows += 1
         if len(self._buffer) >= self.options.flush_rows:
             self._flush_wanted.set()
@@ -421,17 +375,6 @@ class BatchRun:
                 f"Paused: the budget of ${batch.budget_usd:.2f} is spent "
                 f"(${batch.cost_usd:.2f}). Raise the budget and resume to go on.",
             )
-
-
-def backoff_delay(
-    attempt: int, retry_after: float | None, *, base: float, cap: float
-) -> float:
-    """Exponential backoff with jitter, never shorter than the server asked."""
-    exponential = min(cap, base * 2 ** (attempt - 1))
-    delay = random.uniform(exponential / 2, exponential)
-    if retry_after is not None:
-        delay = max(delay, retry_after * random.uniform(1.0, 1.2))
-    return delay
 
 
 def _unexpected_failure(index: int, exc: Exception) -> RowResult:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .batches import Batch, RowStatus, StoredRow
+from .schema import field_names
 from .stores.base import Store
 from .tables import neutralise_formula
 
@@ -29,6 +30,7 @@ RESULT_FIELDS = (
     "cost_usd",
     "finish_reason",
 )
+FIELD_PREFIX = "field:"
 CHUNK_ROWS = 500
 
 
@@ -57,31 +59,55 @@ class ExportFormat(enum.StrEnum):
         }[self]
 
 
-def result_field_names(columns: Sequence[str]) -> dict[str, str]:
-    """Our field -> its name in the export, suffixed where an input column clashes."""
+def result_field_names(
+    columns: Sequence[str], fields: Sequence[str] = ()
+) -> dict[str, str]:
+    """Our field -> its name in the export, suffixed where an input column clashes.
+
+    Structured-output fields follow ``output`` (the raw answer), keyed
+    ``field:<name>``.
+    """
+    keys = [RESULT_FIELDS[0], *(FIELD_PREFIX + f for f in fields), *RESULT_FIELDS[1:]]
     taken = set(columns)
     names = {}
-    for field in RESULT_FIELDS:
-        name, n = field, 1
+    for key in keys:
+        base = key.removeprefix(FIELD_PREFIX)
+        name, n = base, 1
         while name in taken:
             n += 1
-            name = f"{field}_{n}"
+            name = f"{base}_{n}"
         taken.add(name)
-        names[field] = name
+        names[key] = name
     return names
 
 
-def row_values(row: StoredRow) -> dict[str, Any]:
-    """Our fields of one stored row, before renaming."""
-    return {
-        "output": row.output or "",
-        "status": row.status.value,
-        "error": row.error_message or "",
-        "tokens_in": row.tokens_in,
-        "tokens_out": row.tokens_out,
-        "cost_usd": round(row.cost_usd, 8),
-        "finish_reason": row.finish_reason or "",
-    }
+def row_values(row: StoredRow, fields: Sequence[str] = ()) -> dict[str, Any]:
+    """Our fields of one stored row, keyed as :func:`result_field_names` keys them."""
+    parsed = row.parsed if isinstance(row.parsed, dict) else {}
+    values: dict[str, Any] = {"output": row.output or ""}
+    values.update({FIELD_PREFIX + f: parsed.get(f) for f in fields})
+    values.update(
+        {
+            "status": row.status.value,
+            "error": row.error_message or "",
+            "tokens_in": row.tokens_in,
+            "tokens_out": row.tokens_out,
+            "cost_usd": round(row.cost_usd, 8),
+            "finish_reason": row.finish_reason or "",
+        }
+    )
+    return values
+
+
+def csv_cell(value: Any) -> str:
+    """A value as CSV text: lists and objects as JSON, yes/no as true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def export_chunks(
@@ -95,25 +121,30 @@ def export_chunks(
     """The export as byte chunks, read from the store page by page."""
     status = RowStatus.FAILED if failed_only else None
     rows = store.iter_rows(batch.id, status=status)
-    names = result_field_names(batch.columns)
-    header = [*batch.columns, *names.values()]
+    fields = field_names(batch.output_schema)
+    names = result_field_names(batch.columns, fields)
     if fmt is ExportFormat.CSV:
-        yield from _csv_chunks(rows, batch.columns, header, excel_bom)
+        yield from _csv_chunks(rows, batch.columns, names, fields, excel_bom)
     else:
-        yield from _json_chunks(rows, batch.columns, names, fmt)
+        yield from _json_chunks(rows, batch.columns, names, fields, fmt)
 
 
 def _csv_chunks(
-    rows: Iterator[StoredRow], columns: Sequence[str], header: list[str], bom: bool
+    rows: Iterator[StoredRow],
+    columns: Sequence[str],
+    names: dict[str, str],
+    fields: Sequence[str],
+    bom: bool,
 ) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     if bom:
         buffer.write("\ufeff")
+    header = [*columns, *names.values()]
     writer.writerow([neutralise_formula(name) for name in header])
     for count, row in enumerate(rows, start=1):
         cells = [row.values.get(c, "") for c in columns]
-        cells.extend(str(v) for v in row_values(row).values())
+        cells.extend(csv_cell(v) for v in row_values(row, fields).values())
         writer.writerow([neutralise_formula(cell) for cell in cells])
         if count % CHUNK_ROWS == 0:
             yield _drain(buffer)
@@ -131,6 +162,7 @@ def _json_chunks(
     rows: Iterator[StoredRow],
     columns: Sequence[str],
     names: dict[str, str],
+    fields: Sequence[str],
     fmt: ExportFormat,
 ) -> Iterator[bytes]:
     lines: list[str] = []
@@ -139,7 +171,7 @@ def _json_chunks(
         yield b"["
     for row in rows:
         record = {c: row.values.get(c, "") for c in columns}
-        record.update({names[k]: v for k, v in row_values(row).items()})
+        record.update({names[k]: v for k, v in row_values(row, fields).items()})
         text = json.dumps(record, ensure_ascii=False)
         if fmt is ExportFormat.JSON:
             text = ("\n" if first else ",\n") + text

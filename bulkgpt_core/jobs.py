@@ -142,6 +142,14 @@ def retry_failed(
     return count
 
 
+def set_budget(store: Store, batch_id: str, budget_usd: float | None) -> Batch:
+    """Change a batch's spending cap (None removes it); resume to go on."""
+    if budget_usd is not None and budget_usd <= 0:
+        raise LimitError("A budget must be more than $0, or empty for no cap.")
+    store.update_batch(batch_id, budget_usd=budget_usd)
+    return store.get_batch(batch_id)
+
+
 def _cannot(store: Store, batch_id: str, action: str) -> str:
     status = store.get_batch(batch_id).status
     return f"A {status.value} batch cannot be {action}."

@@ -11,7 +11,7 @@ From Python, :class:`FakeGemini` starts, steers and stops that process.
 
 Answers are ``"ANSWER: " + prompt``. A prompt containing ``[[fake:KIND]]``
 always gets that fault and ``[[fake:KIND:N]]`` gets it for the first N calls
-with that exact prompt. KIND is one of :data:`FAULT_KINDS`. The same faults
+whose prompt has that same marker line. KIND is one of :data:`FAULT_KINDS`. The same faults
 can be drawn at random with ``p_KIND`` probabilities (see :class:`FakeConfig`).
 
 Control endpoints: ``POST /_control`` (JSON config changes), ``GET /_stats``,
@@ -58,6 +58,7 @@ FAULT_KINDS = (
     "blocked_prompt",
     "max_tokens",
     "empty",
+    "bad_json",
     "malformed",
     "drop",
 )
@@ -252,6 +253,7 @@ class FakeState:
         self.ids = itertools.count(1)
         self.rng = random.Random(config.seed)
         self.bucket = self._new_bucket()
+        self.marker_counts: Counter[str] = Counter()
 
     def _new_bucket(self) -> TokenBucket | None:
         if not self.config.rpm:
@@ -269,10 +271,26 @@ class FakeState:
         # Requests still in flight will count themselves out of the new stats.
         busy = self.stats.in_flight
         self.stats = Stats(in_flight=busy, max_in_flight=busy)
+        self.marker_counts.clear()
         self.bucket = self._new_bucket()
 
     def over_rate(self) -> bool:
         return self.bucket is not None and not self.bucket.take()
+
+    def marker_calls(self, prompt: str) -> int:
+        """Calls so far whose marker line matched this prompt's.
+
+        ``[[fake:KIND:N]]`` counts by the line that holds the marker, so a
+        follow-up prompt that quotes the original (a repair request) counts
+        as another call of the same row.
+        """
+        marker = MARKER.search(prompt)
+        if marker is None:
+            return 0
+        end = prompt.find("\n", marker.end())
+        line = prompt[: len(prompt) if end < 0 else end]
+        self.marker_counts[line] += 1
+        return self.marker_counts[line]
 
     def pick_fault(self, prompt: str, calls: int) -> str | None:
         """The marker's fault if the prompt has one, else a random draw."""
@@ -661,7 +679,7 @@ async def _generate(
     if state.over_rate():
         state.stats.responded(429)
         return rate_limited_reply(state.config)
-    fault = state.pick_fault(prompt, state.stats.calls_by_prompt[key])
+    fault = state.pick_fault(prompt, state.marker_calls(prompt))
     if fault is not None:
         state.stats.faults[fault] += 1
     if fault == "429":
@@ -707,6 +725,8 @@ def _content_fault(answers: Answers, call: Call, fault: str) -> web.Response:
         return answers.max_tokens(call)
     if fault == "empty":
         return answers.empty(call)
+    if fault == "bad_json":
+        return answers.text(call, '{"not quite": JSON', "STOP")
     # An unknown marker is a mistake in the test; say so loudly.
     return error_reply(400, "INVALID_ARGUMENT", f"unknown fake fault {fault!r}")
 

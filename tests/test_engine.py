@@ -9,8 +9,9 @@ import time
 import pytest
 
 from bulkgpt_core.batches import BatchStatus, RowStatus
+from bulkgpt_core.calls import backoff_delay
 from bulkgpt_core.config import Settings
-from bulkgpt_core.engine import EngineOptions, backoff_delay
+from bulkgpt_core.engine import EngineOptions
 from bulkgpt_core.stores.base import Store
 from bulkgpt_core.worker import run_stored_batch
 from tests.conftest import new_batch_spec
@@ -215,7 +216,7 @@ def test_budget_pauses_the_batch(gemini: FakeGemini, sqlite_store) -> None:
     batch = sqlite_store.create_batch(
         type(spec)(**{**spec.__dict__, "budget_usd": 0.00001})
     )
-    sqlite_store.add_rows(batch.id, ({"text": "x" * 400} for _ in range(500)))
+    sqlite_store.add_rows(batch.id, ({"text": f"{i} " + "x" * 400} for i in range(500)))
 
     batch = run(sqlite_store, batch.id)
 
