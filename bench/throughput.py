@@ -258,7 +258,7 @@ def run_scale() -> None:
         100_000, latency_ms=0, server_rpm=None, limits=RunLimits(concurrency=64)
     )
     report("100,000 rows at zero latency", outcome)
-    marks = [s for s in outcome.rss_samples_mb if s[0] > 0]
+    marks = [s for s in outcome.rss_samples_mb if s[0] > 0 and s[1] > 0]
     if marks:
         early = next(mb for done, mb in marks if done >= outcome.rows * 0.1)
         print(f"RSS at 10% done {early:.0f} MB; at the end {marks[-1][1]:.0f} MB")
