@@ -12,7 +12,8 @@ From Python, :class:`FakeGemini` starts, steers and stops that process.
 Answers are ``"ANSWER: " + prompt``. A prompt containing ``[[fake:KIND]]``
 always gets that fault and ``[[fake:KIND:N]]`` gets it for the first N calls
 whose prompt has that same marker line. KIND is one of :data:`FAULT_KINDS`.
-The same faults can be drawn at random with ``p_KIND`` probabilities (see :class:`FakeConfig`).
+The same faults can be drawn at random with ``p_KIND`` probabilities (see
+:class:`FakeConfig`).
 
 Control endpoints: ``POST /_control`` (JSON config changes), ``GET /_stats``,
 ``POST /_reset`` (zero the stats, the per-prompt counts and the rate bucket).
