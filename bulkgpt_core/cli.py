@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import jobs
 from .batches import Batch, BatchStatus, GenerationSettings
@@ -28,6 +28,7 @@ from .errors import BulkGPTError, ConfigError
 from .export import ExportFormat, write_export
 from .progress import format_duration, progress
 from .runners import start_worker
+from .schema import load_schema
 from .stores import open_store
 from .stores.base import Store
 from .tables import CSVLimits, read_csv_path
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpm", type=int, help="Requests per minute limit")
     run.add_argument("--tpm", type=int, help="Tokens per minute limit")
     run.add_argument("--bom", action="store_true", help="Write a BOM for Excel")
+    run.add_argument(
+        "--schema", help="Output fields as JSON Schema: a file path or the JSON itself"
+    )
+    run.add_argument(
+        "--budget", type=float, help="Pause when this many dollars are spent"
+    )
+    run.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="Do not reuse answers from earlier batches",
+    )
 
     worker = commands.add_parser("worker", help="Run a stored batch to its end")
     worker.add_argument("batch_id")
@@ -129,10 +141,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         system_prompt=args.system,
         temperature=args.temperature,
         max_output_tokens=args.max_output_tokens,
+        response_schema=_schema_argument(args.schema),
     )
     jobs.check_generation(settings, generation)
     limits = jobs.run_limits(
-        settings, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm
+        settings,
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        reuse=not args.no_reuse,
     )
     with open_store(settings) as store:
         batch = jobs.create_batch(
@@ -143,6 +160,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             generation=generation,
             limits=limits,
             runner="cli",
+            budget_usd=args.budget,
         )
         _say(f"batch {batch.id}: {batch.total_rows:,} rows with {model}")
         batch = _run_in_foreground(settings, store, batch.id)
@@ -332,6 +350,16 @@ def _exit_code(batch: Batch) -> int:
     if batch.status is BatchStatus.COMPLETED:
         return EXIT_OK
     raise CommandError(outcome_line(batch), EXIT_FAILED)
+
+
+def _schema_argument(value: str | None) -> dict[str, Any] | None:
+    """``--schema``: a path to a JSON Schema file, or the JSON itself."""
+    if not value:
+        return None
+    path = Path(value)
+    if not value.lstrip().startswith("{") and path.is_file():
+        value = path.read_text(encoding="utf-8")
+    return load_schema(value)
 
 
 def _export_format(path: Path) -> ExportFormat:

@@ -31,6 +31,7 @@ def run_limits(
     concurrency: int | None = None,
     rpm: int | None = None,
     tpm: int | None = None,
+    reuse: bool = True,
 ) -> RunLimits:
     """Limits for a new batch: the user's choice, else the configured defaults."""
     chosen = concurrency or settings.concurrency
@@ -45,6 +46,7 @@ def run_limits(
         tpm=tpm or settings.tpm,
         max_attempts=settings.max_attempts,
         timeout_s=settings.request_timeout_s,
+        reuse=reuse,
     )
 
 

@@ -208,3 +208,56 @@ def test_unknown_batch_is_a_clear_error() -> None:
     done = cli("status", "no-such-batch")
     assert done.returncode == 2
     assert "No batch with id 'no-such-batch'" in done.stderr
+
+
+def test_run_with_a_schema_file_gives_field_columns(
+    gemini: FakeGemini, people_csv: Path, tmp_path: Path
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {
+                    "mood": {"type": "string", "enum": ["happy", "sad"]},
+                    "age": {"type": "integer"},
+                },
+                "required": ["mood", "age"],
+            }
+        )
+    )
+    out = tmp_path / "out.csv"
+    done = cli(
+        "run", str(people_csv), "--prompt", "<<name>>", "--out", str(out),
+        "--schema", str(schema),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = read_csv_rows(out)
+    assert [r["mood"] for r in rows] == ["happy"] * 3
+    assert all(r["age"].isdigit() for r in rows)
+
+
+def test_a_broken_schema_is_refused(people_csv: Path, tmp_path: Path) -> None:
+    done = cli(
+        "run", str(people_csv), "--prompt", "<<name>>", "--out",
+        str(tmp_path / "o.csv"), "--model", "demo", "--schema", '{"type": "list"}',
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "JSON object schema" in done.stderr
+
+
+def test_retry_failed_rows_by_reason(gemini: FakeGemini, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nfine\n[[fake:safety:1]]\n[[fake:empty:1]]\n")
+    done = cli(
+        "run", str(source), "--prompt", "<<text>>", "--out", str(tmp_path / "o.csv")
+    )
+    assert "1 succeeded, 2 failed" in done.stderr
+    batch_id = only_batch_id()
+
+    retried = cli("retry", batch_id, "--reason", "safety")
+    assert retried.returncode == 0, retried.stderr
+    assert "1 failed rows queued again" in retried.stderr
+    assert "2 succeeded, 1 failed" in retried.stderr
+    status = cli("status", batch_id).stdout
+    assert "2 succeeded, 1 failed" in status
