@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .batches import (
@@ -34,6 +35,7 @@ from .batches import (
 from .calls import CallPolicy, FatalCallError, RowCaller
 from .cost import Price, price_for
 from .errors import BulkGPTError, StoreError
+from .journal import Journal, leftover_segments, read_segments
 from .models.base import FailureKind, ModelClient
 from .pacing import Pacer
 from .reuse import AnswerCache, from_stored, reused_result
@@ -66,6 +68,10 @@ class EngineOptions:
     store_outage_s: float = 120.0
     #: Prices that override the built-in table (``BULKGPT_PRICES``).
     prices: dict[str, Price] | None = None
+    #: Where results wait, safe from a killed worker, until they are stored.
+    journal_dir: Path | None = None
+    #: Dispatch waits while this many results wait to be stored.
+    max_buffered_rows: int = 20_000
 
 
 @dataclass
@@ -130,6 +136,7 @@ class BatchRun:
         self._done_times: collections.deque[tuple[float, int]] = collections.deque()
         self._completed_rows = 0
         self._last_sample = 0.0
+        self.journal: Journal | None = None
 
     # -- store access, off the event loop
 
@@ -140,6 +147,7 @@ class BatchRun:
     # -- the run
 
     async def run(self) -> RunStats:
+        await self._recover_journal()
         rng = self.options.row_range
         await self._store(self.store.requeue_running, self.batch.id, rng)
         flusher = asyncio.create_task(self._flush_loop())
@@ -194,6 +202,7 @@ class BatchRun:
             for position, (row, (prompt, phash)) in enumerate(
                 zip(page, prepared, strict=True)
             ):
+                await self._wait_for_the_store()
                 await outstanding.acquire()
                 if self._stop.is_set():
                     outstanding.release()
@@ -207,6 +216,15 @@ class BatchRun:
         if tasks:
             await asyncio.gather(*tasks)
         return claimed
+
+    async def _wait_for_the_store(self) -> None:
+        """Hold dispatch while the store is behind (during an outage)."""
+        while (
+            len(self._buffer) >= self.options.max_buffered_rows
+            and not self._stop.is_set()
+        ):
+            self._flush_wanted.set()
+            await asyncio.sleep(0.1)
 
     # -- one row
 
@@ -267,6 +285,8 @@ class BatchRun:
 
     def _record(self, result: RowResult) -> None:
         self._buffer.append(result)
+        if self.journal is not None:
+            self.journal.append(result)
         if result.status is RowStatus.SUCCEEDED:
             self.stats.succeeded += 1
         else:
@@ -301,17 +321,22 @@ class BatchRun:
         if not self._buffer:
             return
         pending, self._buffer = self._buffer, []
+        segment = self.journal.rotate() if self.journal else None
+        await self._write_until_stored(pending)
+        if segment is not None:
+            segment.unlink(missing_ok=True)
+
+    async def _write_until_stored(self, results: list[RowResult]) -> None:
+        """Retry a write through a store outage, up to ``store_outage_s``."""
         outage_started = time.monotonic()
         delay = 0.5
         while True:
             try:
-                await self._store(self.store.record_results, self.batch.id, pending)
+                await self._store(self.store.record_results, self.batch.id, results)
                 self.stats.flushes += 1
                 return
             except StoreError as exc:
-                down_for = time.monotonic() - outage_started
-                if down_for > self.options.store_outage_s:
-                    self._buffer = pending + self._buffer
+                if time.monotonic() - outage_started > self.options.store_outage_s:
                     self._halt(
                         BatchStatus.PAUSED, f"The store stopped answering: {exc}"
                     )
@@ -325,14 +350,30 @@ class BatchRun:
             await self._flush()
         except StoreError:
             log.error(
-                "batch %s: %d results could not be stored",
-                self.batch.id,
-                len(self._buffer),
+                "batch %s: results kept in the journal for the next run", self.batch.id
             )
             return
+        if self.journal is not None:
+            self.journal.discard()
         if self._to_release:
             released, self._to_release = self._to_release, []
             await self._store(self.store.release_rows, self.batch.id, released)
+
+    async def _recover_journal(self) -> None:
+        """Record what workers that died left in their journals."""
+        folder = self.options.journal_dir
+        if folder is None:
+            return
+        segments = leftover_segments(folder, self.batch.id)
+        results = list(read_segments(segments))
+        if results:
+            stored = await self._store(
+                self.store.record_results, self.batch.id, results
+            )
+            log.info("recovered %d results from a stopped worker", stored)
+        for segment in segments:
+            segment.unlink(missing_ok=True)
+        self.journal = Journal(folder, self.batch.id)
 
     # -- watching the batch
 

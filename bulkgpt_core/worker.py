@@ -7,6 +7,7 @@ import logging
 
 from .batches import Batch, BatchStatus
 from .config import Settings
+from .cost import parse_price_overrides
 from .engine import EngineOptions, run_batch
 from .errors import BulkGPTError
 from .models import open_model
@@ -20,7 +21,11 @@ def engine_options(
     settings: Settings, row_range: tuple[int, int] | None = None
 ) -> EngineOptions:
     return EngineOptions(
-        max_prompt_chars=settings.max_prompt_chars, row_range=row_range
+        max_prompt_chars=settings.max_prompt_chars,
+        max_output_tokens_cap=settings.max_output_tokens,
+        row_range=row_range,
+        prices=parse_price_overrides(settings.prices),
+        journal_dir=settings.data_dir / "journal",
     )
 
 
