@@ -12,6 +12,16 @@ from bulkgpt_core.batches import GenerationSettings, NewBatch, RunLimits
 from bulkgpt_core.config import Settings
 from bulkgpt_core.stores.sqlite import SQLiteStore
 from tests.fake_gemini import FakeGemini
+from tests.store_fixtures import (  # noqa: F401
+    PROJECT_STORE_KINDS,
+    clean_database,
+    gateway,
+    postgres_server,
+    postgres_store,
+    postgrest_gateway,
+    supabase_project_store,
+    supabase_store,
+)
 
 TEST_KEY = "test-key-not-secret"
 SETTING_PREFIXES = ("GEMINI_", "BULKGPT_", "SUPABASE_", "DATABASE_URL", "MODAL_")
@@ -84,7 +94,7 @@ def new_batch_spec(
 
 
 #: Every store the contract suite runs against; each names a fixture ``<kind>_store``.
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = ["sqlite", "postgres", "supabase", *PROJECT_STORE_KINDS]
 
 
 @pytest.fixture(params=STORE_KINDS)
