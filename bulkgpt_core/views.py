@@ -1,0 +1,275 @@
+"""What the app's pages show, as plain data: tables, labels and numbers.
+
+The pages hand these to Streamlit as they are, so the wording and the layout
+of every table live here, where they can be tested without a browser.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from .batches import Batch, ProgressSample, StoredRow, utcnow
+from .export import ExportFormat, export_chunks
+from .progress import format_duration, progress
+from .reasons import reason_for
+from .sample_run import SampleResult
+from .stores.base import Store
+from .tables import Table
+from .templates import TemplateCheck, compile_template
+
+PREVIEW_ROWS = 50
+ANSWER_CHARS = 300
+#: Runs longer than this are charted in minutes rather than seconds.
+LONG_RUN_S = 600
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Failed rows that share a reason."""
+
+    kind: str
+    title: str
+    count: int
+    fix: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number of the batch page, already formatted."""
+
+    label: str
+    value: str
+
+
+# --- The new batch page -------------------------------------------------------
+
+
+def preview_frame(table: Table, limit: int = PREVIEW_ROWS) -> pd.DataFrame:
+    """The first rows of a table, every value as text, numbered from 1."""
+    frame = pd.DataFrame(table.rows[:limit], columns=table.columns, dtype="string")
+    frame.index = pd.RangeIndex(1, len(frame) + 1, name="Row")
+    return frame
+
+
+def table_summary(table: Table) -> str:
+    """``120 rows × 5 columns · UTF-8 · comma-separated``."""
+    rows = len(table)
+    columns = len(table.columns)
+    return (
+        f"{rows:,} {_plural(rows, 'row')} × {columns} {_plural(columns, 'column')}"
+        f" · {table.encoding_label} · {table.delimiter_label}-separated"
+    )
+
+
+def row_frame(values: Mapping[str, str]) -> pd.DataFrame:
+    """One row as a two-column table: column name, value."""
+    return pd.DataFrame(
+        {"Column": list(values), "Value": list(values.values())}, dtype="string"
+    )
+
+
+def rendered_prompt(
+    template: str, check: TemplateCheck, table: Table, index: int
+) -> str | None:
+    """The prompt row ``index`` gets, or ``None`` while the template has errors."""
+    if not check.ok or not 0 <= index < len(table):
+        return None
+    return compile_template(template, table.columns).render(table.row_dict(index))
+
+
+def sample_caption(result: SampleResult) -> str:
+    """``1,204 tokens in · 85 out · 1.3 s · $0.0006`` for one row."""
+    parts = [
+        f"{result.tokens_in:,} tokens in",
+        f"{result.tokens_out:,} out",
+    ]
+    if result.latency_s is not None:
+        parts.append(f"{result.latency_s:.1f} s")
+    if result.cost_usd:
+        parts.append(format_cost(result.cost_usd))
+    return " · ".join(parts)
+
+
+# --- The batches page ---------------------------------------------------------
+
+
+def batch_list_frame(batches: Sequence[Batch]) -> pd.DataFrame:
+    """Batches as a table: name, created, status, progress, rows, cost."""
+    return pd.DataFrame(
+        {
+            "Name": [b.name for b in batches],
+            "Created": [format_time(b.created_at) for b in batches],
+            "Status": [b.status.value for b in batches],
+            "Progress": [_percent(b) for b in batches],
+            "Rows": [b.total_rows for b in batches],
+            "Cost": [format_cost(b.cost_usd) for b in batches],
+        }
+    )
+
+
+def results_frame(rows: Sequence[StoredRow]) -> pd.DataFrame:
+    """Stored rows as a table: row, status, answer, error, tokens, latency."""
+    return pd.DataFrame(
+        {
+            "Row": [r.index + 1 for r in rows],
+            "Status": [r.status.value for r in rows],
+            "Answer": [_clip(r.output or "") for r in rows],
+            "Error": [r.error_message or "" for r in rows],
+            "Tokens in": [r.tokens_in for r in rows],
+            "Tokens out": [r.tokens_out for r in rows],
+            "Seconds": pd.array(
+                [_seconds(_ms(r.latency_ms)) for r in rows], dtype="Float64"
+            ),
+        }
+    )
+
+
+def failure_groups(counts: Mapping[str, int]) -> list[FailureGroup]:
+    """Failure counts by kind, in plain words with a fix, most common first."""
+    merged: dict[str, FailureGroup] = {}
+    for kind, count in counts.items():
+        reason = reason_for(kind)
+        known = merged.get(reason.kind)
+        total = count + (known.count if known else 0)
+        merged[reason.kind] = FailureGroup(reason.kind, reason.title, total, reason.fix)
+    return sorted(merged.values(), key=lambda g: (-g.count, g.title))
+
+
+def throughput_frame(
+    batch: Batch, samples: Sequence[ProgressSample], now: datetime | None = None
+) -> pd.DataFrame:
+    """Rows per second between progress samples, against time since the start.
+
+    The batch's start (nothing done) and its latest counters (now, or when it
+    finished) bracket the stored samples, so a short batch still has a line.
+    The time is in seconds, or in minutes for a run longer than ten minutes.
+    """
+    if batch.started_at is None:
+        return pd.DataFrame({"Seconds": [], "Rows done": [], "Rows per second": []})
+    start = batch.started_at
+    end = batch.finished_at or now or utcnow()
+    points = [
+        ProgressSample(start, 0, 0),
+        *(s for s in samples if start < s.at < end),
+        ProgressSample(end, batch.succeeded, batch.failed),
+    ]
+    in_minutes = (end - start).total_seconds() > LONG_RUN_S
+    unit, scale = ("Minutes", 60) if in_minutes else ("Seconds", 1)
+    times, done, rates = [], [], []
+    for before, after in itertools.pairwise(points):
+        seconds = (after.at - before.at).total_seconds()
+        if seconds <= 0:
+            continue
+        times.append(round((after.at - start).total_seconds() / scale, 2))
+        done.append(after.done)
+        rates.append(round(max(after.done - before.done, 0) / seconds, 2))
+    return pd.DataFrame({unit: times, "Rows done": done, "Rows per second": rates})
+
+
+def batch_metrics(batch: Batch, now: datetime | None = None) -> list[Metric]:
+    """The numbers of the batch page, in reading order.
+
+    A finished batch shows its average speed over the whole run.
+    """
+    p = progress(batch, now)
+    rate = p.rows_per_second
+    if p.status.is_finished and p.elapsed_seconds > 0:
+        rate = p.done / p.elapsed_seconds
+    return [
+        Metric("Done", f"{p.done:,} of {p.total:,}"),
+        Metric("Failed", f"{p.failed:,}"),
+        Metric("Remaining", f"{p.remaining:,}"),
+        Metric("Rows per second", f"{rate:,.1f}"),
+        Metric("Time left", format_duration(p.eta_seconds)),
+        Metric("Elapsed", format_duration(p.elapsed_seconds)),
+        Metric("Tokens in", f"{p.tokens_in:,}"),
+        Metric("Tokens out", f"{p.tokens_out:,}"),
+        Metric("Cost", format_cost(p.cost_usd)),
+    ]
+
+
+def progress_fraction(batch: Batch) -> float:
+    """Between 0 and 1, for a progress bar."""
+    return min(max(progress(batch).fraction, 0.0), 1.0)
+
+
+def progress_text(batch: Batch) -> str:
+    """``42% · 50 of 120 rows · running``."""
+    p = progress(batch)
+    return (
+        f"{p.fraction:.0%} · {p.done:,} of {p.total:,} "
+        f"{_plural(p.total, 'row')} · {batch.status.value}"
+    )
+
+
+# --- Downloads ----------------------------------------------------------------
+
+
+def export_bytes(
+    store: Store, batch_id: str, fmt: ExportFormat, *, failed_only: bool = False
+) -> bytes:
+    """A whole export, read from the store a page at a time when asked for."""
+    batch = store.get_batch(batch_id)
+    return b"".join(export_chunks(store, batch, fmt, failed_only=failed_only))
+
+
+def download_name(batch: Batch, fmt: ExportFormat, *, failed_only: bool = False) -> str:
+    """``reviews-results.csv`` or ``reviews-failed-rows.csv``."""
+    stem = re.sub(r"[^\w-]+", "-", batch.name.lower()).strip("-_") or "batch"
+    kind = "failed-rows" if failed_only else "results"
+    return f"{stem}-{kind}.{fmt.value}"
+
+
+# --- Formatting ---------------------------------------------------------------
+
+
+def format_cost(usd: float) -> str:
+    """Dollars with cents, or four decimals below a dollar so cents show."""
+    if usd == 0:
+        return "$0.00"
+    if abs(usd) < 1:
+        return f"${usd:.4f}"
+    return f"${usd:,.2f}"
+
+
+def format_cost_range(low: float, high: float) -> str:
+    if format_cost(low) == format_cost(high):
+        return format_cost(low)
+    return f"{format_cost(low)} – {format_cost(high)}"
+
+
+def format_tokens_range(low: int, high: int) -> str:
+    if low == high:
+        return f"{low:,}"
+    return f"{low:,} – {high:,}"
+
+
+def format_time(moment: datetime) -> str:
+    """``2025-12-03 16:44 UTC``: stored times are UTC."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _percent(batch: Batch) -> int:
+    return round(progress(batch).fraction * 100)
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else noun + "s"
+
+
+def _clip(text: str, limit: int = ANSWER_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ms(value: int | None) -> float | None:
+    return None if value is None else value / 1000
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
