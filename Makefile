@@ -40,6 +40,7 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/stores.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -8,10 +8,8 @@ what happened and offer to try again.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-import os
 from dataclasses import dataclass
 
 from . import jobs
@@ -86,7 +84,7 @@ def resume(settings: Settings, store: Store, batch_id: str) -> Batch:
         if not worker_missing(batch):
             raise BatchStateError("This batch's worker is still running.")
     else:
-        if batch.runner == "local" and local_worker_running(batch.call_id):
+        if batch.runner == "local" and local_worker_alive(batch.call_id):
             raise BatchStateError(
                 "The worker is still finishing its calls in flight: "
                 "try again in a few seconds."
@@ -125,21 +123,7 @@ def worker_missing(batch: Batch) -> bool:
         return False
     if batch.call_id is None:
         return True
-    return batch.runner == "local" and not local_worker_running(batch.call_id)
-
-
-def local_worker_running(call_id: str | None) -> bool:
-    """Like :func:`runners.local_worker_alive`, but a finished child of this
-    process (a zombie until reaped) counts as stopped."""
-    if call_id and call_id.startswith("pid:") and call_id[4:].isdigit():
-        _reap(int(call_id[4:]))
-    return local_worker_alive(call_id)
-
-
-def _reap(pid: int) -> None:
-    # Not our child, or already reaped: then there is nothing to collect.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    return batch.runner == "local" and not local_worker_alive(batch.call_id)
 
 
 def _start(settings: Settings, store: Store, batch_id: str) -> None:

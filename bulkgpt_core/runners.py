@@ -7,6 +7,7 @@ app does not stop a job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -56,11 +57,15 @@ def start_worker(settings: Settings, store: Store, batch_id: str) -> str:
 
 def local_worker_alive(call_id: str | None) -> bool:
     """Whether the local worker process behind a call id is still running."""
-    if not call_id or not call_id.startswith("pid:"):
+    if not call_id or not call_id.startswith("pid:") or not call_id[4:].isdigit():
         return False
+    pid = int(call_id[4:])
+    # A worker this process started stays a zombie until reaped: reap it.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
     try:
-        os.kill(int(call_id[4:]), 0)
-    except (ProcessLookupError, ValueError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
     except PermissionError:
         return True
