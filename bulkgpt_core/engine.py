@@ -277,9 +277,13 @@ class BatchRun:
         if not wanted:
             return
         batch_only = None if self.reuse_across_batches else self.batch.id
-        found = await self._store(
-            self.reuse_store.find_reusable, wanted, batch_id=batch_only
-        )
+        try:
+            found = await self._store(
+                self.reuse_store.find_reusable, wanted, batch_id=batch_only
+            )
+        except StoreError as exc:  # reuse saves money; it is never worth stopping for
+            log.warning("looking up earlier answers failed: %s", exc)
+            return
         for phash, row in found.items():
             self.cache.remember(phash, from_stored(row, phash))
 
