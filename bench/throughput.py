@@ -1,7 +1,7 @@
 """How fast the engine runs a batch, against a fake Gemini with a set latency and limit.
 
     python bench/throughput.py                 # every scenario (about 4 minutes)
-    python bench/throughput.py --only paced    # one of: paced, fast, speedup, scale
+    python bench/throughput.py --only paced    # paced, adaptive, fast, speedup, scale
 
 Each scenario starts the fake Gemini server (its own process), stores a batch
 in a fresh SQLite store, runs ``python -m bulkgpt_core worker`` as a separate
@@ -233,6 +233,16 @@ def run_paced() -> None:
     report("200 ms latency, 3,000 RPM (server and engine), concurrency 16", outcome)
 
 
+def run_adaptive() -> None:
+    limits = RunLimits(concurrency=32)
+    outcome = scenario(4500, latency_ms=200, server_rpm=3000, limits=limits)
+    outcome.ideal = 3000 / 60
+    report(
+        "200 ms latency, server limit 3,000 RPM unknown to the engine, concurrency 32",
+        outcome,
+    )
+
+
 def run_fast() -> None:
     outcome = scenario(
         20_000, latency_ms=0, server_rpm=None, limits=RunLimits(concurrency=64)
@@ -266,6 +276,7 @@ def run_scale() -> None:
 
 SCENARIOS = {
     "paced": run_paced,
+    "adaptive": run_adaptive,
     "fast": run_fast,
     "speedup": run_speedup,
     "scale": run_scale,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bulkgpt_core.pacing import THROTTLE_COOLDOWN_S, Pacer
+from bulkgpt_core.pacing import Pacer
 
 
 class Clock:
@@ -36,27 +36,62 @@ def test_no_limit_means_no_wait() -> None:
     assert [pacer.reserve(tokens=10**6) for _ in range(3)] == [0, 0, 0]
 
 
-def test_a_429_slows_down_then_successes_recover() -> None:
+def one_second(pacer: Pacer, clock: Clock, *, calls: int, throttled: int) -> None:
+    """Send ``calls`` evenly over a second; the first ``throttled`` get a 429."""
+    for n in range(calls):
+        pacer.reserve()
+        clock.now += 1.0 / calls + 1e-9
+        if n < throttled:
+            pacer.throttled()
+        else:
+            pacer.succeeded()
+
+
+def test_many_429s_slow_to_about_the_accepted_rate() -> None:
     clock = Clock()
-    pacer = Pacer(rpm=600, clock=clock)
-    pacer.throttled()
-    pacer.throttled()  # within the cooldown: one signal
-    assert pacer.factor == pytest.approx(0.75)
-    assert pacer.throttles == 1
-    clock.now += THROTTLE_COOLDOWN_S + 1
-    pacer.throttled()
-    assert pacer.factor == pytest.approx(0.5625)
-    for _ in range(1000):
-        pacer.succeeded()
+    pacer = Pacer(rpm=1200, clock=clock)  # 20 calls a second
+    one_second(pacer, clock, calls=20, throttled=10)
+    # Half were refused: at most halve the pace in one look.
+    assert pacer.factor == pytest.approx(0.5)
+    assert pacer.throttles == 10
+
+
+def test_a_cut_that_helped_stays_and_recovers_slowly() -> None:
+    clock = Clock()
+    pacer = Pacer(rpm=1200, clock=clock)
+    one_second(pacer, clock, calls=20, throttled=10)
+    one_second(pacer, clock, calls=10, throttled=5)  # answers to the old pace
+    assert pacer.factor == pytest.approx(0.5)
+    one_second(pacer, clock, calls=10, throttled=0)
+    assert pacer.factor == pytest.approx(0.51)
+    for _ in range(40):
+        one_second(pacer, clock, calls=12, throttled=0)
     assert pacer.factor == 1.0
 
 
-def test_a_429_without_a_limit_starts_pacing_at_the_rate_seen() -> None:
+def test_a_cut_that_did_not_help_is_undone_and_429s_are_ignored_a_while() -> None:
+    clock = Clock()
+    pacer = Pacer(rpm=1200, clock=clock)
+    one_second(pacer, clock, calls=20, throttled=4)  # 20% refused
+    assert pacer.factor < 1.0
+    one_second(pacer, clock, calls=20, throttled=4)  # answers to the old pace
+    one_second(pacer, clock, calls=20, throttled=4)  # still 20%: not the pace
+    assert pacer.factor == 1.0
+    for _ in range(5):
+        one_second(pacer, clock, calls=20, throttled=4)
+    assert pacer.factor == 1.0
+
+
+def test_a_few_429s_are_tolerated() -> None:
+    clock = Clock()
+    pacer = Pacer(rpm=1200, clock=clock)
+    one_second(pacer, clock, calls=40, throttled=1)
+    assert pacer.factor == 1.0
+
+
+def test_429s_without_a_limit_start_pacing_at_the_rate_seen() -> None:
     clock = Clock()
     pacer = Pacer(clock=clock)
-    for _ in range(20):
-        pacer.reserve()
-        clock.now += 0.05  # 20 calls per second
-    pacer.throttled()
+    one_second(pacer, clock, calls=20, throttled=10)
     assert pacer.rpm == pytest.approx(20 * 60, rel=0.1)
-    assert pacer.factor == pytest.approx(0.75)
+    assert pacer.factor == pytest.approx(0.5, rel=0.1)
