@@ -30,6 +30,12 @@ page = st.navigation(
             default=True,
         ),
         st.Page(
+            ui.PROMPT_LAB_PAGE,
+            title="Prompt lab",
+            icon=":material/science:",
+            url_path="prompt-lab",
+        ),
+        st.Page(
             ui.BATCHES_PAGE,
             title="Batches",
             icon=":material/view_list:",

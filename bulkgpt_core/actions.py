@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from . import jobs
 from .batches import Batch, BatchStatus, GenerationSettings, RunLimits
@@ -40,6 +41,26 @@ class BatchRequest:
     concurrency: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    output_schema: dict[str, Any] | None = None
+    budget_usd: float | None = None
+
+    @classmethod
+    def from_batch(cls, batch: Batch) -> BatchRequest:
+        """Everything a stored batch was launched with, to start another like it."""
+        limits = batch.run_limits()
+        return cls(
+            name=batch.name,
+            template=batch.template,
+            model=batch.model,
+            system_prompt=batch.system_prompt,
+            temperature=batch.generation.get("temperature"),
+            max_output_tokens=batch.generation.get("max_output_tokens"),
+            concurrency=limits.concurrency,
+            rpm=limits.rpm,
+            tpm=limits.tpm,
+            output_schema=batch.output_schema,
+            budget_usd=batch.budget_usd,
+        )
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(
@@ -47,12 +68,14 @@ class BatchRequest:
             system_prompt=self.system_prompt,
             temperature=self.temperature,
             max_output_tokens=self.max_output_tokens,
+            response_schema=self.output_schema,
         )
 
     def checked(self, settings: Settings) -> tuple[GenerationSettings, RunLimits]:
         """The generation settings and limits, or a LimitError naming the setting."""
         generation = self.generation()
         jobs.check_generation(settings, generation)
+        jobs.check_budget(self.budget_usd)
         limits = jobs.run_limits(
             settings, concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm
         )
@@ -72,6 +95,7 @@ def launch_batch(
         generation=generation,
         limits=limits,
         runner=settings.runner,
+        budget_usd=request.budget_usd,
     )
     _start(settings, store, batch.id)
     return store.get_batch(batch.id)

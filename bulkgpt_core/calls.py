@@ -87,7 +87,10 @@ class RowCaller:
         price: Price,
         policy: CallPolicy,
         stop: asyncio.Event,
+        in_flight: asyncio.Semaphore | None = None,
     ) -> None:
+        """``in_flight``, when given, is a concurrency limit shared with other
+        callers (the prompt lab's variants); else ``concurrency`` makes one."""
         self.model = model
         self.settings = settings
         self.pacer = pacer
@@ -95,7 +98,7 @@ class RowCaller:
         self.policy = policy
         self.counters = CallCounters()
         self._stop = stop
-        self._in_flight = asyncio.Semaphore(concurrency)
+        self._in_flight = in_flight or asyncio.Semaphore(concurrency)
 
     async def answer(self, index: int, prompt: str, phash: str) -> RowResult | None:
         """The row's result; None if the batch stopped before it was answered.
@@ -167,6 +170,8 @@ class RowCaller:
         if error.kind is FailureKind.RATE_LIMITED:
             self.counters.throttled += 1
             self.pacer.throttled()
+        else:
+            self.pacer.succeeded()
         if self._widen(call, error):
             return None
         if error.retryable and call.attempts < self.policy.max_attempts:

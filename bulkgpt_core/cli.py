@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import jobs
+from .actions import worker_missing
 from .batches import Batch, BatchStatus, GenerationSettings
 from .config import DEMO_MODEL, Settings
 from .errors import BulkGPTError, ConfigError
 from .export import ExportFormat, write_export
+from .modal_launch import launch_on_modal_command, prepare_for_launch
 from .progress import format_duration, progress
-from .runners import start_worker
+from .runners import cancel_worker, start_worker
 from .schema import load_schema
 from .stores import open_store
 from .stores.base import Store
@@ -94,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="Stop a batch for good")
     cancel.add_argument("batch_id")
 
+    launch = commands.add_parser(
+        "launch", help="Start a stored batch in the background"
+    )
+    launch.add_argument("batch_id")
+    launch.add_argument(
+        "--runner",
+        choices=("local", "modal"),
+        help="Where it runs (default: BULKGPT_RUNNER)",
+    )
+
     for name, text in (
         ("resume", "Go on with a paused, failed or cancelled batch"),
         ("retry", "Run a batch's failed rows again"),
@@ -124,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except BulkGPTError as exc:
         _say(f"error: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:  # a file that cannot be written: say which, in a line
+        _say(f"error: {exc.filename or 'a file'} cannot be written ({exc.strerror}).")
         return EXIT_USAGE
 
 
@@ -164,8 +180,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         )
         _say(f"batch {batch.id}: {batch.total_rows:,} rows with {model}")
         batch = _run_in_foreground(settings, store, batch.id)
-        write_export(store, batch, args.out, fmt, excel_bom=args.bom)
-    _say(f"wrote {args.out}")
+        sidecar = write_export(store, batch, args.out, fmt, excel_bom=args.bom)
+    _say(f"wrote {args.out}" + _and_manifest(sidecar))
     return _exit_code(batch)
 
 
@@ -188,7 +204,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     fmt = _export_format(args.out)
     with open_store(settings) as store:
         batch = store.get_batch(args.batch_id)
-        write_export(
+        sidecar = write_export(
             store,
             batch,
             args.out,
@@ -196,20 +212,37 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             failed_only=args.failed_only,
             excel_bom=args.bom,
         )
-    _say(f"wrote {args.out} ({batch.status.value}, {batch.done:,} rows done)")
+    _say(
+        f"wrote {args.out} ({batch.status.value}, {batch.done:,} rows done)"
+        + _and_manifest(sidecar)
+    )
+    return EXIT_OK
+
+
+def cmd_launch(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.runner or settings.runner) == "modal":
+        _say(launch_on_modal_command(settings, args.batch_id))
+        return EXIT_OK
+    local = dataclasses.replace(settings, runner="local")
+    with open_store(local) as store:
+        prepare_for_launch(store, args.batch_id)
+        _say(f"worker started ({start_worker(local, store, args.batch_id)})")
     return EXIT_OK
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     with open_store(settings) as store:
-        batch = jobs.cancel_batch(store, args.batch_id)
+        batch = cancel_worker(settings, store, args.batch_id)
     _say(f"batch {batch.id} is {batch.status.value}")
     return EXIT_OK
 
 
 def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
     with open_store(settings) as store:
-        jobs.resume_batch(store, args.batch_id)
+        batch = store.get_batch(args.batch_id)
+        # A batch left running by a worker that died goes on as it is.
+        if not (batch.status is BatchStatus.RUNNING and worker_missing(batch)):
+            jobs.resume_batch(store, args.batch_id)
         return _continue(settings, store, args)
 
 
@@ -238,6 +271,7 @@ COMMANDS = {
     "status": cmd_status,
     "export": cmd_export,
     "cancel": cmd_cancel,
+    "launch": cmd_launch,
     "resume": cmd_resume,
     "retry": cmd_retry,
 }
@@ -362,11 +396,22 @@ def _schema_argument(value: str | None) -> dict[str, Any] | None:
     return load_schema(value)
 
 
+def _and_manifest(sidecar: Path | None) -> str:
+    return f" and its manifest {sidecar}" if sidecar else ""
+
+
 def _export_format(path: Path) -> ExportFormat:
+    """The format an export's name asks for, checked before any work is done."""
     try:
-        return ExportFormat.from_path(path)
+        fmt = ExportFormat.from_path(path)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if not path.parent.is_dir():
+        raise CommandError(
+            f"There is no folder {path.parent} to write {path.name} in: create "
+            "it, or give --out a path in a folder that exists."
+        )
+    return fmt
 
 
 def _say(text: str) -> None:

@@ -39,6 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SUPABASE_SERVICE_ROLE_KEY", "", "Supabase service role key, server only"),
     Setting("BULKGPT_RUNNER", "local", "Where batches run: local or modal"),
     Setting("BULKGPT_MODAL_APP", "bulkgpt", "Name of the deployed Modal app"),
+    Setting("BULKGPT_SHARD_ROWS", "50000", "On Modal, batches above this split"),
+    Setting("BULKGPT_MAX_SHARDS", "20", "Most Modal containers one batch uses"),
     Setting("BULKGPT_MAX_UPLOAD_MB", "200", "Largest CSV accepted, in megabytes"),
     Setting("BULKGPT_MAX_ROWS", "1000000", "Most rows accepted in one file"),
     Setting("BULKGPT_MAX_COLUMNS", "500", "Most columns accepted in one file"),
@@ -51,6 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BULKGPT_TPM", "", "Tokens per minute, by default (empty: no limit)"),
     Setting("BULKGPT_MAX_ATTEMPTS", "6", "Tries per row for retryable errors"),
     Setting("BULKGPT_REQUEST_TIMEOUT", "60", "Seconds before one call is abandoned"),
+    Setting("BULKGPT_STORE_OUTAGE_S", "120", "Seconds the store may fail, then pause"),
     Setting("BULKGPT_DEMO_DELAY_MS", "300", "How long the demo model takes to answer"),
     Setting("BULKGPT_PRICES", "", 'Price overrides, JSON: {"model": [in, out]} per 1M'),
 )
@@ -84,16 +87,18 @@ def _default_secrets_path(env: Mapping[str, str]) -> Path:
 class Settings:
     """The whole configuration, as plain values."""
 
-    gemini_api_key: str = ""
+    gemini_api_key: str = field(default="", repr=False)  # a secret
     gemini_base_url: str = ""
     model: str = DEFAULT_GEMINI_MODEL
     data_dir: Path = Path("data")
     store: str = "sqlite"
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)  # a secret
     supabase_url: str = ""
-    supabase_service_role_key: str = ""
+    supabase_service_role_key: str = field(default="", repr=False)  # a secret
     runner: str = "local"
     modal_app: str = "bulkgpt"
+    shard_rows: int = 50_000
+    max_shards: int = 20
     max_upload_mb: int = 200
     max_rows: int = 1_000_000
     max_columns: int = 500
@@ -106,6 +111,7 @@ class Settings:
     tpm: int | None = None
     max_attempts: int = 6
     request_timeout_s: float = 60.0
+    store_outage_s: float = 120.0
     demo_delay_s: float = 0.3
     prices: str = ""
     source: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -133,6 +139,8 @@ class Settings:
             supabase_service_role_key=v["SUPABASE_SERVICE_ROLE_KEY"].strip(),
             runner=_choice(v, "BULKGPT_RUNNER", ("local", "modal")),
             modal_app=v["BULKGPT_MODAL_APP"].strip() or "bulkgpt",
+            shard_rows=_positive(v, "BULKGPT_SHARD_ROWS"),
+            max_shards=_positive(v, "BULKGPT_MAX_SHARDS"),
             max_upload_mb=_int(v, "BULKGPT_MAX_UPLOAD_MB"),
             max_rows=_int(v, "BULKGPT_MAX_ROWS"),
             max_columns=_int(v, "BULKGPT_MAX_COLUMNS"),
@@ -145,6 +153,7 @@ class Settings:
             tpm=_optional_int(v, "BULKGPT_TPM") or None,
             max_attempts=_int(v, "BULKGPT_MAX_ATTEMPTS"),
             request_timeout_s=_float(v, "BULKGPT_REQUEST_TIMEOUT"),
+            store_outage_s=_float(v, "BULKGPT_STORE_OUTAGE_S"),
             demo_delay_s=_float(v, "BULKGPT_DEMO_DELAY_MS") / 1000,
             prices=v["BULKGPT_PRICES"],
             source=dict(v),
@@ -184,6 +193,13 @@ def _int(v: Mapping[str, str], name: str) -> int:
     value = _optional_int(v, name)
     if value is None:
         raise ConfigError(f"{name} must be a whole number: {SECRETS_HINT}.")
+    return value
+
+
+def _positive(v: Mapping[str, str], name: str) -> int:
+    value = _int(v, name)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1: {SECRETS_HINT}.")
     return value
 
 

@@ -34,7 +34,7 @@ from .batches import (
 )
 from .calls import CallPolicy, FatalCallError, RowCaller
 from .cost import Price, price_for
-from .errors import BulkGPTError, StoreError
+from .errors import BatchNotFound, BulkGPTError, StoreError
 from .journal import Journal, leftover_segments, read_segments
 from .models.base import FailureKind, ModelClient
 from .pacing import Pacer
@@ -48,6 +48,8 @@ T = TypeVar("T")
 RATE_WINDOW_S = 30.0
 #: How often the counters are remembered for the throughput chart.
 PROGRESS_SAMPLE_S = 5.0
+#: The longest pause between two tries of a store that is not answering.
+STORE_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class EngineOptions:
     max_output_tokens_cap: int = 65_536
     #: Only rows with ``lo <= index < hi`` (one shard of a batch).
     row_range: tuple[int, int] | None = None
-    #: How long the store may fail before the batch is paused.
+    #: How long the store may fail before the batch is paused; results wait
+    #: in memory and in the journal meanwhile (``BULKGPT_STORE_OUTAGE_S``).
     store_outage_s: float = 120.0
     #: Prices that override the built-in table (``BULKGPT_PRICES``).
     prices: dict[str, Price] | None = None
@@ -129,6 +132,10 @@ class BatchRun:
         self.stats = RunStats()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._buffer: list[RowResult] = []
+        # Results whose write failed, and the journal segments holding them.
+        self._held: list[RowResult] = []
+        self._held_segments: list[Path] = []
+        self._outage_since: float | None = None
         self._to_release: list[int] = []
         self._flush_wanted = asyncio.Event()
         self.stop_status: BatchStatus | None = None
@@ -144,12 +151,40 @@ class BatchRun:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, lambda: fn(*args, **kwargs))
 
+    async def _store_patiently(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """A store call, tried again with backoff while the store is down.
+
+        Every caller shares one outage clock: once the store has failed for
+        longer than ``store_outage_s``, the batch stops to be paused and the
+        error is raised.
+        """
+        delay = 0.5
+        while True:
+            try:
+                result = await self._store(fn, *args, **kwargs)
+            except BatchNotFound:
+                raise
+            except StoreError as exc:
+                now = time.monotonic()
+                self._outage_since = self._outage_since or now
+                if now - self._outage_since > self.options.store_outage_s:
+                    self._halt(BatchStatus.PAUSED, _outage_message(exc, self.options))
+                    raise
+                log.warning("the store failed (%s); trying again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+            else:
+                self._outage_since = None
+                return result
+
     # -- the run
 
     async def run(self) -> RunStats:
         await self._recover_journal()
         rng = self.options.row_range
-        await self._store(self.store.requeue_running, self.batch.id, rng)
+        await self._store_patiently(self.store.requeue_running, self.batch.id, rng)
         flusher = asyncio.create_task(self._flush_loop())
         ticker = asyncio.create_task(self._tick_loop())
         try:
@@ -172,21 +207,29 @@ class BatchRun:
 
     async def _dispatch_all(self) -> None:
         """Passes over the pending rows until a pass finds none."""
-        outstanding = asyncio.Semaphore(max(self.limits.concurrency * 2, 8))
+        # Rows waiting out a retry's backoff hold a place here, not a call slot.
+        outstanding = asyncio.Semaphore(max(self.limits.concurrency * 4, 32))
         tasks: set[asyncio.Task[None]] = set()
-        while not self._stop.is_set():
-            claimed = await self._one_pass(outstanding, tasks)
-            if claimed == 0:
-                break
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            while not self._stop.is_set():
+                claimed = await self._one_pass(outstanding, tasks)
+                if claimed == 0:
+                    break
+        except StoreError:
+            if self.stop_status is not BatchStatus.PAUSED:
+                raise
+            # The store stayed down past its limit: the batch is pausing.
+        finally:
+            # Calls in flight finish and are recorded, whatever stopped us.
+            if tasks:
+                await asyncio.gather(*tasks)
 
     async def _one_pass(
         self, outstanding: asyncio.Semaphore, tasks: set[asyncio.Task[None]]
     ) -> int:
         cursor, claimed = -1, 0
         while not self._stop.is_set():
-            page = await self._store(
+            page = await self._store_patiently(
                 self.store.claim_rows,
                 self.batch.id,
                 after_index=cursor,
@@ -220,7 +263,7 @@ class BatchRun:
     async def _wait_for_the_store(self) -> None:
         """Hold dispatch while the store is behind (during an outage)."""
         while (
-            len(self._buffer) >= self.options.max_buffered_rows
+            len(self._buffer) + len(self._held) >= self.options.max_buffered_rows
             and not self._stop.is_set()
         ):
             self._flush_wanted.set()
@@ -320,48 +363,68 @@ class BatchRun:
             if self._stop.is_set():
                 return
 
-    async def _flush(self) -> None:
-        """Write buffered results; keep them and retry while the store is down."""
-        if not self._buffer:
-            return
-        pending, self._buffer = self._buffer, []
-        segment = self.journal.rotate() if self.journal else None
-        await self._write_until_stored(pending)
-        if segment is not None:
-            segment.unlink(missing_ok=True)
+    async def _flush(self) -> bool:
+        """Write the results waiting to be stored; say whether they all are.
 
-    async def _write_until_stored(self, results: list[RowResult]) -> None:
-        """Retry a write through a store outage, up to ``store_outage_s``."""
-        outage_started = time.monotonic()
-        delay = 0.5
-        while True:
-            try:
-                await self._store(self.store.record_results, self.batch.id, results)
-                self.stats.flushes += 1
-                return
-            except StoreError as exc:
-                if time.monotonic() - outage_started > self.options.store_outage_s:
-                    self._halt(
-                        BatchStatus.PAUSED, f"The store stopped answering: {exc}"
-                    )
-                    raise
-                log.warning("store write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        Through an outage the results stay held (in memory and in their
+        journal segments) and each flush tries them again.
+        """
+        if self.journal is not None and self._buffer:
+            self._held_segments.append(self.journal.rotate())
+        results, self._buffer = self._held + self._buffer, []
+        self._held = []
+        if not results:
+            return True
+        try:
+            await self._store_patiently(
+                self.store.record_results, self.batch.id, results
+            )
+        except StoreError as exc:
+            self._held = results
+            log.error(
+                "batch %s: %d results wait to be stored (%s)",
+                self.batch.id,
+                len(results),
+                exc,
+            )
+            return False
+        self.stats.flushes += 1
+        for segment in self._held_segments:
+            segment.unlink(missing_ok=True)
+        self._held_segments = []
+        return True
 
     async def _final_flush(self) -> None:
-        try:
-            await self._flush()
-        except StoreError:
+        if not await self._flush():
             log.error(
-                "batch %s: results kept in the journal for the next run", self.batch.id
+                "batch %s: %d results are kept in the journal (%s) and are "
+                "recorded when the batch runs again",
+                self.batch.id,
+                len(self._held),
+                self.options.journal_dir,
             )
             return
         if self.journal is not None:
             self.journal.discard()
         if self._to_release:
             released, self._to_release = self._to_release, []
-            await self._store(self.store.release_rows, self.batch.id, released)
+            try:
+                await self._store_patiently(
+                    self.store.release_rows, self.batch.id, released
+                )
+            except StoreError as exc:  # the next run puts them back itself
+                log.warning("releasing unsent rows failed: %s", exc)
+
+    def store_held_results(self) -> None:
+        """Write the results an outage left held (call once the run is over)."""
+        if self._held:
+            self.store.record_results(self.batch.id, self._held)
+            self._held = []
+        for segment in self._held_segments:
+            segment.unlink(missing_ok=True)
+        self._held_segments = []
+        if self.journal is not None:
+            self.journal.discard()
 
     async def _recover_journal(self) -> None:
         """Record what workers that died left in their journals."""
@@ -371,7 +434,7 @@ class BatchRun:
         segments = leftover_segments(folder, self.batch.id)
         results = list(read_segments(segments))
         if results:
-            stored = await self._store(
+            stored = await self._store_patiently(
                 self.store.record_results, self.batch.id, results
             )
             log.info("recovered %d results from a stopped worker", stored)
@@ -475,21 +538,76 @@ async def run_batch(
     try:
         stats = await run.run()
     except StoreError:
-        return store.get_batch(batch_id)
-    log.info(
-        "batch %s: %d calls, %d ok, %d failed, %d retries in %.1fs",
-        batch_id,
-        stats.calls,
-        stats.succeeded,
-        stats.failed,
-        stats.retries,
-        time.monotonic() - started,
-    )
+        if run.stop_status is None:
+            raise
+        # The store stayed down past its limit: the run stopped to pause.
+    else:
+        log.info(
+            "batch %s: %d calls, %d ok, %d failed, %d retries in %.1fs",
+            batch_id,
+            stats.calls,
+            stats.succeeded,
+            stats.failed,
+            stats.retries,
+            time.monotonic() - started,
+        )
+    await _record_the_end(store, run, options)
+    return store.get_batch(batch_id)
+
+
+async def _record_the_end(store: Store, run: BatchRun, options: EngineOptions) -> None:
+    """Store what the run holds and how it ended, waiting out an outage a while.
+
+    When the store stays down even then, the error says so: the results stay
+    in the journal, and the next run of the batch records them.
+    """
+    deadline = time.monotonic() + options.store_outage_s
+    delay = 0.5
+    while True:
+        try:
+            run.store_held_results()
+            _record_stop(store, run, options)
+            return
+        except BatchNotFound:
+            raise
+        except StoreError as exc:
+            if time.monotonic() >= deadline:
+                message = _unrecorded_message(run, options, exc)
+                log.error("%s", message)
+                raise StoreError(message) from exc
+            log.warning(
+                "recording the end of the run failed (%s); again in %.1fs", exc, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+
+def _record_stop(store: Store, run: BatchRun, options: EngineOptions) -> None:
+    batch_id = run.batch.id
     if options.row_range is None:
         settle_batch(store, batch_id, run.stop_status, run.stop_error)
     elif run.stop_status is BatchStatus.FAILED:
         store.set_status(batch_id, BatchStatus.FAILED, last_error=run.stop_error)
-    return store.get_batch(batch_id)
+
+
+def _outage_message(exc: StoreError, options: EngineOptions) -> str:
+    return (
+        f"The store did not answer for more than {options.store_outage_s:g} s "
+        "(BULKGPT_STORE_OUTAGE_S), so the batch was paused. The answers already "
+        f"received are kept and recorded when it resumes. The store said: {exc}"
+    )
+
+
+def _unrecorded_message(run: BatchRun, options: EngineOptions, exc: StoreError) -> str:
+    status = run.stop_status.value if run.stop_status else "finished"
+    return (
+        f"Batch {run.batch.id} stopped ({status}), but the store has not answered "
+        f"for more than {options.store_outage_s:g} s (BULKGPT_STORE_OUTAGE_S), so "
+        "that could not be recorded. The answers already received are kept in "
+        f"the journal ({options.journal_dir}) and recorded when the batch runs "
+        "again: once the store is back, resume the batch (or run python -m "
+        f"bulkgpt_core worker {run.batch.id}). The store said: {exc}"
+    )
 
 
 def _claim_for_running(store: Store, batch: Batch) -> bool:

@@ -43,9 +43,28 @@ class BatchNotFound(StoreError):
         self.batch_id = batch_id
 
 
+class LabRunNotFound(StoreError):
+    """No stored prompt-lab run with that id exists, or it is someone else's."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"No prompt-lab run with id {run_id!r} was found (it may have been "
+            "deleted). Run the variants again to get a new one."
+        )
+        self.run_id = run_id
+
+
+class LabError(BulkGPTError):
+    """A prompt-lab run that cannot be made as asked; the message says what to do."""
+
+
 class BatchStateError(BulkGPTError):
     """The batch is not in a state that allows the requested action."""
 
 
 class LimitError(BulkGPTError):
     """An input is larger than a configured limit; the message names the setting."""
+
+
+class RunnerError(BulkGPTError):
+    """A runner cannot be started, reached or stopped; the message names the fix."""

@@ -4,6 +4,11 @@ Each line holds the row's original columns in their original order, then the
 answer and how it went. Names that clash with an input column get a suffix.
 In CSV, a cell that a spreadsheet would run as a formula is neutralised; JSON
 keeps every value as it is.
+
+Every export has a manifest: what produced it (template, system prompt, model,
+settings, output schema, source file) and how far it got (counts, tokens,
+cost, answers reused). A JSON export is ``{"manifest": {...}, "rows": [...]}``;
+beside a CSV or JSONL file the manifest is a sidecar, ``<file>.manifest.json``.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import enum
 import io
 import json
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .batches import Batch, RowStatus, StoredRow
+from .batches import Batch, RowStatus, StoredRow, utcnow
 from .schema import field_names
 from .stores.base import Store
 from .tables import neutralise_formula
@@ -32,6 +38,9 @@ RESULT_FIELDS = (
 )
 FIELD_PREFIX = "field:"
 CHUNK_ROWS = 500
+#: Bumped when a manifest's keys change meaning.
+MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
 
 
 class ExportFormat(enum.StrEnum):
@@ -110,6 +119,66 @@ def csv_cell(value: Any) -> str:
     return str(value)
 
 
+def batch_manifest(
+    batch: Batch, *, failed_only: bool = False, now: datetime | None = None
+) -> dict[str, Any]:
+    """What produced a batch's results and how far it got, as plain JSON values.
+
+    ``failed_only`` says whether the export it goes with holds only the failed
+    rows; ``now`` is the export's time (default: now).
+    """
+    return {
+        "bulkgpt_manifest": MANIFEST_VERSION,
+        "batch_id": batch.id,
+        "name": batch.name,
+        "source_file": batch.source_name,
+        "columns": list(batch.columns),
+        "template": batch.template,
+        "system_prompt": batch.system_prompt,
+        "model": batch.model,
+        "settings": dict(batch.generation),
+        "limits": dict(batch.limits),
+        "output_schema": batch.output_schema,
+        "budget_usd": batch.budget_usd,
+        "status": batch.status.value,
+        "created_at": _iso(batch.created_at),
+        "started_at": _iso(batch.started_at),
+        "finished_at": _iso(batch.finished_at),
+        "exported_at": _iso(now or utcnow()),
+        "rows_exported": "failed only" if failed_only else "all",
+        "counts": _counts(batch),
+        "tokens": {"in": batch.tokens_in, "out": batch.tokens_out},
+        "cost_usd": round(batch.cost_usd, 8),
+        "saved_usd": round(batch.saved_usd, 8),
+    }
+
+
+def _counts(batch: Batch) -> dict[str, int]:
+    return {
+        "rows": batch.total_rows,
+        "succeeded": batch.succeeded,
+        "failed": batch.failed,
+        "remaining": batch.remaining,
+        "reused": batch.reused,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def manifest_bytes(batch: Batch, *, failed_only: bool = False) -> bytes:
+    """The manifest as an indented JSON file."""
+    manifest = batch_manifest(batch, failed_only=failed_only)
+    return (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+def manifest_path(export_path: str | Path) -> Path:
+    """Where the sidecar manifest of an export file goes: ``<file>.manifest.json``."""
+    path = Path(export_path)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
 def export_chunks(
     store: Store,
     batch: Batch,
@@ -118,15 +187,25 @@ def export_chunks(
     failed_only: bool = False,
     excel_bom: bool = False,
 ) -> Iterator[bytes]:
-    """The export as byte chunks, read from the store page by page."""
+    """The export as byte chunks, read from the store page by page.
+
+    JSON is one object, ``{"manifest": {...}, "rows": [...]}``; CSV and JSONL
+    hold only the rows (their manifest is :func:`manifest_bytes`).
+    """
     status = RowStatus.FAILED if failed_only else None
     rows = store.iter_rows(batch.id, status=status)
     fields = field_names(batch.output_schema)
     names = result_field_names(batch.columns, fields)
     if fmt is ExportFormat.CSV:
         yield from _csv_chunks(rows, batch.columns, names, fields, excel_bom)
-    else:
-        yield from _json_chunks(rows, batch.columns, names, fields, fmt)
+        return
+    if fmt is ExportFormat.JSON:
+        manifest = batch_manifest(batch, failed_only=failed_only)
+        yield b'{"manifest": ' + json.dumps(manifest, ensure_ascii=False).encode()
+        yield b', "rows": '
+    yield from _json_chunks(rows, batch.columns, names, fields, fmt)
+    if fmt is ExportFormat.JSON:
+        yield b"}\n"
 
 
 def _csv_chunks(
@@ -185,7 +264,7 @@ def _json_chunks(
     if lines:
         yield "".join(lines).encode("utf-8")
     if fmt is ExportFormat.JSON:
-        yield b"\n]\n"
+        yield b"\n]"
 
 
 def write_export(
@@ -194,13 +273,23 @@ def write_export(
     target: str | Path | BinaryIO,
     fmt: ExportFormat | None = None,
     **options: Any,
-) -> None:
-    """Write an export to a path or a binary file object."""
+) -> Path | None:
+    """Write an export to a path or a binary file object.
+
+    Beside a CSV or JSONL path it also writes the manifest sidecar
+    (:func:`manifest_path`), and returns that sidecar's path.
+    """
     if isinstance(target, str | Path):
         fmt = fmt or ExportFormat.from_path(target)
         with Path(target).open("wb") as handle:
             for chunk in export_chunks(store, batch, fmt, **options):
                 handle.write(chunk)
-        return
+        if fmt is ExportFormat.JSON:
+            return None
+        sidecar = manifest_path(target)
+        failed_only = bool(options.get("failed_only"))
+        sidecar.write_bytes(manifest_bytes(batch, failed_only=failed_only))
+        return sidecar
     for chunk in export_chunks(store, batch, fmt or ExportFormat.CSV, **options):
         target.write(chunk)
+    return None

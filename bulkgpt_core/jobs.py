@@ -144,10 +144,15 @@ def retry_failed(
     return count
 
 
-def set_budget(store: Store, batch_id: str, budget_usd: float | None) -> Batch:
-    """Change a batch's spending cap (None removes it); resume to go on."""
+def check_budget(budget_usd: float | None) -> None:
+    """Refuse a spending cap of $0 or less (None means no cap)."""
     if budget_usd is not None and budget_usd <= 0:
         raise LimitError("A budget must be more than $0, or empty for no cap.")
+
+
+def set_budget(store: Store, batch_id: str, budget_usd: float | None) -> Batch:
+    """Change a batch's spending cap (None removes it); resume to go on."""
+    check_budget(budget_usd)
     store.update_batch(batch_id, budget_usd=budget_usd)
     return store.get_batch(batch_id)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .batches import Batch
 from .config import Settings
 from .stores.base import Store
 
@@ -53,6 +54,18 @@ def start_worker(settings: Settings, store: Store, batch_id: str) -> str:
     call_id = f"pid:{pid}"
     store.update_batch(batch_id, runner="local", call_id=call_id)
     return call_id
+
+
+def cancel_worker(settings: Settings, store: Store, batch_id: str) -> Batch:
+    """Cancel a batch: set its flag, and stop its Modal call when it runs there."""
+    from .jobs import cancel_batch
+
+    batch = cancel_batch(store, batch_id)
+    if batch.runner == "modal" and batch.call_id:
+        from .modal_launch import stop_modal_batch
+
+        batch = stop_modal_batch(store, batch)
+    return batch
 
 
 def local_worker_alive(call_id: str | None) -> bool:

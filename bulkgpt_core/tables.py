@@ -16,6 +16,8 @@ import codecs
 import csv
 import io
 import itertools
+import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ _ENCODING_LABELS = {
     "utf-16": "UTF-16",
     "utf-16-le": "UTF-16 LE (no BOM)",
     "utf-16-be": "UTF-16 BE (no BOM)",
+    "utf-32": "UTF-32",
     "cp1252": "Windows-1252",
 }
 _SAVE_AS_CSV = "save it as CSV (in Excel: File > Save As > CSV UTF-8) and upload that"
@@ -55,6 +58,20 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"Rar!\x1a\x07", "a RAR archive"),
 )
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+# Text that is another format, by how it starts (lower-cased, after spaces).
+_TEXT_FORMATS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("<!doctype html", "<html"), "a web page (HTML)"),
+    (("<?xml",), "an XML document"),
+    (("{\\rtf",), "a rich text (RTF) document"),
+)
+# UTF-8 for Latin-1 letters, punctuation, other scripts and emoji: in text
+# that is really Windows-1252 these byte pairs would be mojibake ("Ã©").
+_UTF8_SEQUENCE = re.compile(
+    rb"[\xc2\xc3][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+# Windows-1252 text has letters beyond ASCII one or two at a time (é, ü, “…”);
+# double-byte text (Shift-JIS, GBK, Big5, EUC-KR) read as it has long runs.
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]{4,}")
 _SAMPLE_CHARS = 64 * 1024
 _SAMPLE_RECORDS = 50
 # Decoded text never holds a lone surrogate, so this cannot be real data.
@@ -131,6 +148,7 @@ def read_csv(
     _check_size(len(data), limits)
     _reject_non_text(data)
     text, encoding = _decode(data)
+    _reject_other_formats(text)
     delimiter = _detect_delimiter(text)
     columns, rows, repairs = _parse(text, delimiter, limits)
     return Table(columns, rows, encoding, delimiter, repairs, source_name=name)
@@ -222,6 +240,32 @@ def _reject_non_text(data: bytes) -> None:
             raise CSVError(f"This looks like {kind}, not a CSV file; {_SAVE_AS_CSV}.")
 
 
+def _reject_other_formats(text: str) -> None:
+    """Refuse text in another format: a web page, XML, RTF or JSON."""
+    head = text[:256].lstrip().lower()
+    for starts, kind in _TEXT_FORMATS:
+        if head.startswith(starts):
+            raise CSVError(f"This looks like {kind}, not a CSV file; {_SAVE_AS_CSV}.")
+    if head[:1] in ("[", "{") and _is_json(text):
+        raise CSVError(
+            "This looks like JSON, not a CSV file. Convert it to CSV, one row "
+            "per record and one column per field, and upload that."
+        )
+
+
+def _is_json(text: str) -> bool:
+    """Whether the text is JSON, or JSON Lines (a first line that is an object)."""
+    first_line = re.split(r"[\r\n]", text.lstrip(), maxsplit=1)[0]
+    for candidate in (first_line, text):
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict | list):
+            return True
+    return False
+
+
 def _zip_message(data: bytes) -> str:
     # Member names are stored uncompressed, so they can be found without unzipping.
     if b"xl/" in data:
@@ -251,6 +295,9 @@ def _decode(data: bytes) -> tuple[str, str]:
 def _bom_encoding(data: bytes) -> str | None:
     if data.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    # Before UTF-16: the UTF-32 LE mark starts with the UTF-16 LE one.
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
     return None
@@ -307,11 +354,31 @@ def _decode_8bit(data: bytes) -> tuple[str, str]:
             # Valid UTF-8 up to here: a damaged UTF-8 file, not Windows-1252.
             raise _undecodable(data, first_bad, "is UTF-8 text but") from exc
     try:
-        return data.decode("cp1252"), "cp1252"
+        text = data.decode("cp1252")
     except UnicodeDecodeError as exc:
         raise _undecodable(
             data, exc.start, "is neither UTF-8 nor Windows-1252:"
         ) from exc
+    _reject_double_byte(text)
+    if _UTF8_SEQUENCE.search(data, first_bad):
+        # Windows-1252 first, UTF-8 further on: saved by two different tools.
+        raise _undecodable(data, first_bad, "mixes UTF-8 with another encoding:")
+    return text, "cp1252"
+
+
+def _reject_double_byte(text: str) -> None:
+    """Refuse Windows-1252 text that is really another encoding's, garbled."""
+    sample = text[:_SAMPLE_CHARS]
+    beyond_ascii = len(sample) - len(sample.encode("ascii", "ignore"))
+    runs = list(_NON_ASCII_RUN.finditer(sample))
+    if beyond_ascii < 8 or 2 * sum(len(r.group()) for r in runs) < beyond_ascii:
+        return
+    raise CSVError(
+        "the file is neither UTF-8 nor Windows-1252: it looks like text in "
+        "another encoding, such as Shift-JIS, GBK, Big5 or EUC-KR. Open it in "
+        f"a spreadsheet app and {_SAVE_AS_CSV}.",
+        line=_line_at(sample, runs[0].start()),
+    )
 
 
 def _undecodable(data: bytes, position: int, what: str) -> CSVError:

@@ -11,14 +11,23 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 
 from .batches import Batch, ProgressSample, StoredRow, utcnow
-from .export import ExportFormat, export_chunks
+from .export import ExportFormat, export_chunks, manifest_bytes
+from .lab import Cell, LabRun
 from .progress import format_duration, progress
 from .reasons import reason_for
 from .sample_run import SampleResult
+from .schema import (
+    FieldType,
+    OutputField,
+    SchemaError,
+    fields_to_schema,
+    schema_to_fields,
+)
 from .stores.base import Store
 from .tables import Table
 from .templates import TemplateCheck, compile_template
@@ -94,6 +103,102 @@ def sample_caption(result: SampleResult) -> str:
     if result.cost_usd:
         parts.append(format_cost(result.cost_usd))
     return " · ".join(parts)
+
+
+# --- Output fields (the field table) -------------------------------------------
+
+#: The field table's columns, as people see them.
+FIELD_NAME, FIELD_TYPE, FIELD_DESCRIPTION = "Field name", "Type", "Description"
+FIELD_REQUIRED, FIELD_CHOICES = "Required", "Choices"
+FIELD_COLUMNS = (
+    FIELD_NAME,
+    FIELD_TYPE,
+    FIELD_DESCRIPTION,
+    FIELD_REQUIRED,
+    FIELD_CHOICES,
+)
+
+
+def fields_frame(fields: Sequence[OutputField] = ()) -> pd.DataFrame:
+    """Output fields as the editable table (choices separated by commas)."""
+    frame = pd.DataFrame(
+        {
+            FIELD_NAME: [f.name for f in fields],
+            FIELD_TYPE: [f.type.value for f in fields],
+            FIELD_DESCRIPTION: [f.description for f in fields],
+            FIELD_REQUIRED: [f.required for f in fields],
+            FIELD_CHOICES: [", ".join(f.choices) for f in fields],
+        }
+    )
+    return frame.astype(
+        {
+            FIELD_NAME: "string",
+            FIELD_TYPE: "string",
+            FIELD_DESCRIPTION: "string",
+            FIELD_REQUIRED: "boolean",
+            FIELD_CHOICES: "string",
+        }
+    )
+
+
+def fields_from_frame(frame: pd.DataFrame) -> list[OutputField]:
+    """The fields of an edited table; rows without a name are left out.
+
+    Raises :class:`SchemaError` for a type that is not one of the list.
+    """
+    fields = []
+    for record in frame.to_dict("records"):
+        name = _cell_text(record.get(FIELD_NAME))
+        if not name:
+            continue
+        required = record.get(FIELD_REQUIRED)
+        fields.append(
+            OutputField(
+                name=name,
+                type=_field_type(name, _cell_text(record.get(FIELD_TYPE))),
+                description=_cell_text(record.get(FIELD_DESCRIPTION)),
+                required=True if _missing(required) else bool(required),
+                choices=tuple(
+                    c.strip()
+                    for c in _cell_text(record.get(FIELD_CHOICES)).split(",")
+                    if c.strip()
+                ),
+            )
+        )
+    return fields
+
+
+def schema_from_frame(frame: pd.DataFrame) -> dict[str, object] | None:
+    """The JSON Schema of an edited field table; None when it has no fields."""
+    return fields_to_schema(fields_from_frame(frame))
+
+
+def fields_markdown(schema: Mapping[str, Any]) -> str:
+    """A schema's fields, one a line: ``**score** (integer): 1 to 5``."""
+    lines = []
+    for f in schema_to_fields(schema):
+        about = f": {f.description}" if f.description else ""
+        choices = f" — {', '.join(f.choices)}" if f.choices else ""
+        lines.append(f"**{f.name}** ({f.type.value}){choices}{about}")
+    return "  \n".join(lines)
+
+
+def _field_type(name: str, text: str) -> FieldType:
+    if not text:
+        return FieldType.TEXT
+    try:
+        return FieldType(text)
+    except ValueError:
+        kinds = ", ".join(t.value for t in FieldType)
+        raise SchemaError(f"Field {name!r} has type {text!r}: pick {kinds}.") from None
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _cell_text(value: object) -> str:
+    return "" if _missing(value) or value is pd.NA else str(value).strip()
 
 
 # --- The batches page ---------------------------------------------------------
@@ -194,6 +299,23 @@ def batch_metrics(batch: Batch, now: datetime | None = None) -> list[Metric]:
     ]
 
 
+def reuse_text(batch: Batch) -> str | None:
+    """``12 rows reused, about $0.0042 saved``; None when nothing was reused."""
+    if not batch.reused:
+        return None
+    rows = _plural(batch.reused, "row")
+    return f"{batch.reused:,} {rows} reused, about {format_cost(batch.saved_usd)} saved"
+
+
+def budget_text(batch: Batch) -> str:
+    """``Budget $5.00 · $1.25 spent (25%)``, or that there is no cap."""
+    spent = format_cost(batch.cost_usd)
+    if batch.budget_usd is None:
+        return f"No budget cap · {spent} spent"
+    share = batch.cost_usd / batch.budget_usd if batch.budget_usd else 0.0
+    return f"Budget {format_cost(batch.budget_usd)} · {spent} spent ({share:.0%})"
+
+
 def progress_fraction(batch: Batch) -> float:
     """Between 0 and 1, for a progress bar."""
     return min(max(progress(batch).fraction, 0.0), 1.0)
@@ -221,9 +343,71 @@ def export_bytes(
 
 def download_name(batch: Batch, fmt: ExportFormat, *, failed_only: bool = False) -> str:
     """``reviews-results.csv`` or ``reviews-failed-rows.csv``."""
-    stem = re.sub(r"[^\w-]+", "-", batch.name.lower()).strip("-_") or "batch"
     kind = "failed-rows" if failed_only else "results"
-    return f"{stem}-{kind}.{fmt.value}"
+    return f"{_file_stem(batch)}-{kind}.{fmt.value}"
+
+
+def manifest_download(store: Store, batch_id: str) -> bytes:
+    """The batch's manifest as it is now, read when the button is clicked."""
+    return manifest_bytes(store.get_batch(batch_id))
+
+
+def manifest_name(batch: Batch) -> str:
+    """``reviews-manifest.json``."""
+    return f"{_file_stem(batch)}-manifest.json"
+
+
+def _file_stem(batch: Batch) -> str:
+    return re.sub(r"[^\w-]+", "-", batch.name.lower()).strip("-_") or "batch"
+
+
+# --- The prompt lab -----------------------------------------------------------
+
+
+def lab_summary_frame(run: LabRun) -> pd.DataFrame:
+    """One line per variant: failures, average tokens, time, cost, marks."""
+    summaries = run.summaries()
+    return pd.DataFrame(
+        {
+            "Variant": [s.name for s in summaries],
+            "Model": [s.model for s in summaries],
+            "Failed": [f"{s.failed} of {s.rows}" for s in summaries],
+            "Avg tokens in": [round(s.avg_tokens_in, 1) for s in summaries],
+            "Avg tokens out": [round(s.avg_tokens_out, 1) for s in summaries],
+            "Avg seconds": pd.array(
+                [_seconds(s.avg_latency_s) for s in summaries], dtype="Float64"
+            ),
+            "Cost": [format_cost(s.cost_usd) for s in summaries],
+            "Cost per 1,000 rows": [
+                format_cost(s.cost_per_1000_rows) for s in summaries
+            ],
+            "Marked better": [s.marks for s in summaries],
+        }
+    )
+
+
+def cell_caption(cell: Cell) -> str:
+    """``85 tokens in · 12 out · 0.4 s · $0.0001`` for one lab answer."""
+    parts = [f"{cell.tokens_in:,} tokens in", f"{cell.tokens_out:,} out"]
+    if cell.latency_s is not None:
+        parts.append(f"{cell.latency_s:.1f} s")
+    parts.append(format_cost(cell.cost_usd))
+    return " · ".join(parts)
+
+
+def lab_runs_frame(runs: Sequence[LabRun]) -> pd.DataFrame:
+    """Stored lab runs as a table: name, created, variants, rows, marks."""
+    return pd.DataFrame(
+        {
+            "Name": [r.name for r in runs],
+            "Created": [
+                format_time(r.created_at) if r.created_at else "" for r in runs
+            ],
+            "Variants": [len(r.variants) for r in runs],
+            "Rows": [len(r.rows) for r in runs],
+            "Marked": [len(r.marks) for r in runs],
+        }
+    )
 
 
 # --- Formatting ---------------------------------------------------------------

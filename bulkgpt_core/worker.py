@@ -26,6 +26,7 @@ def engine_options(
         row_range=row_range,
         prices=parse_price_overrides(settings.prices),
         journal_dir=settings.data_dir / "journal",
+        store_outage_s=settings.store_outage_s,
     )
 
 

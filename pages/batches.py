@@ -9,8 +9,9 @@ import functools
 
 import streamlit as st
 
-from bulkgpt_core import actions, jobs, views
+from bulkgpt_core import actions, jobs, runners, views
 from bulkgpt_core.actions import Action
+from bulkgpt_core.batches import BatchStatus
 from bulkgpt_core.errors import BatchNotFound
 from bulkgpt_core.export import ExportFormat
 from pages import ui
@@ -61,7 +62,7 @@ except BatchNotFound:
 
 st.header(batch.name, divider="gray")
 st.caption(
-    f"{batch.source_name or 'uploaded file'} · created "
+    f"{ui.md(batch.source_name or 'uploaded file')} · created "
     f"{views.format_time(batch.created_at)} · model {batch.model} · runner "
     f"{batch.runner}" + (f" ({batch.call_id})" if batch.call_id else "")
 )
@@ -70,6 +71,17 @@ with st.expander("Prompt"):
     if batch.system_prompt:
         st.caption("System prompt")
         st.code(batch.system_prompt, language=None, wrap_lines=True)
+    if batch.output_schema:
+        st.caption("Output fields")
+        st.markdown(views.fields_markdown(batch.output_schema))
+st.page_link(
+    ui.NEW_BATCH_PAGE,
+    label="Start a new batch from this one",
+    icon=":material/content_copy:",
+    query_params={"from": batch.id},
+    help="Fills the new batch form with this batch's prompt, model, settings "
+    "and output fields.",
+)
 
 finished = batch.status.is_finished
 refresh = batch.status.is_active
@@ -89,6 +101,11 @@ def live_progress() -> None:
     for row in (metrics[:5], metrics[5:]):
         for column, metric in zip(st.columns(len(row)), row, strict=True):
             column.metric(metric.label, metric.value)
+    st.caption(
+        " · ".join(
+            filter(None, [views.budget_text(current), views.reuse_text(current)])
+        )
+    )
     if current.last_error:
         st.warning(current.last_error)
     if actions.worker_missing(current):
@@ -128,7 +145,7 @@ with ui.attempt():
         ui.flash("Resumed: a worker is running the remaining rows.")
         st.rerun()
     if clicked is Action.CANCEL:
-        jobs.cancel_batch(store, batch.id)
+        runners.cancel_worker(settings, store, batch.id)
         ui.flash("Cancelling: finished rows are kept and can be downloaded.")
         st.rerun()
     if clicked is Action.RETRY_FAILED:
@@ -138,9 +155,31 @@ with ui.attempt():
     if clicked is Action.DELETE:
         st.session_state["confirm_delete"] = batch.id
 
+if not finished:
+    with st.expander("Budget", expanded=batch.status is BatchStatus.PAUSED):
+        budget_col, save_col = st.columns([2, 1], vertical_alignment="bottom")
+        new_budget = budget_col.number_input(
+            "Most to spend, in dollars",
+            min_value=0.01,
+            step=1.0,
+            format="%.2f",
+            value=batch.budget_usd,
+            placeholder="No cap",
+            key=f"budget_{batch.id}",
+        )
+        paused = batch.status is BatchStatus.PAUSED
+        label = "Save budget and resume" if paused else "Save budget"
+        if save_col.button(label, icon=":material/savings:", width="stretch"):
+            with ui.attempt():
+                jobs.set_budget(store, batch.id, new_budget)
+                if paused:
+                    actions.resume(settings, store, batch.id)
+                ui.flash("Budget saved" + (": resumed." if paused else "."))
+                st.rerun()
+
 if st.session_state.get("confirm_delete") == batch.id:
     st.warning(
-        f"Delete “{batch.name}” and all {batch.total_rows:,} of its rows? "
+        f"Delete “{ui.md(batch.name)}” and all {batch.total_rows:,} of its rows? "
         "Download the results first if you need them: this cannot be undone."
     )
     yes, no, _ = st.columns([1, 1, 3])
@@ -149,7 +188,7 @@ if st.session_state.get("confirm_delete") == batch.id:
             actions.delete(store, batch.id)
             st.session_state.pop("confirm_delete")
             del st.query_params["batch"]
-            ui.flash(f"Deleted “{batch.name}”.")
+            ui.flash(f"Deleted “{ui.md(batch.name)}”.")
             st.rerun()
     if no.button("Keep it"):
         st.session_state.pop("confirm_delete")
@@ -160,7 +199,7 @@ if st.session_state.get("confirm_delete") == batch.id:
 st.subheader("Download results")
 if not finished:
     st.caption("While the batch runs, downloads hold the rows finished so far.")
-download_cols = st.columns(4)
+download_cols = st.columns(5)
 for column, fmt in zip(download_cols, ExportFormat, strict=False):
     column.download_button(
         fmt.value.upper(),
@@ -183,6 +222,18 @@ download_cols[3].download_button(
     icon=":material/download:",
     key="download_failed",
     width="stretch",
+)
+download_cols[4].download_button(
+    "Manifest (JSON)",
+    data=functools.partial(views.manifest_download, store, batch.id),
+    file_name=views.manifest_name(batch),
+    mime=ExportFormat.JSON.mime,
+    on_click="ignore",
+    icon=":material/description:",
+    key="download_manifest",
+    width="stretch",
+    help="What produced these results: prompt, model, settings, output fields, "
+    "source file, counts and cost. JSON downloads carry it too.",
 )
 
 # --- Throughput, latest results, failures -------------------------------------

@@ -1,4 +1,10 @@
-"""New batch: upload a CSV, write the prompt, try it on a few rows, launch."""
+"""New batch: upload a CSV, write the prompt, try it on a few rows, launch.
+
+``?from=<batch id>`` fills the form with that batch's prompt and settings.
+"""
+
+import dataclasses
+import json
 
 import streamlit as st
 
@@ -32,9 +38,15 @@ ui.set_defaults(
     sample_mode=FIRST_ROWS,
     sample_count=DEFAULT_SAMPLE_ROWS,
     sample_seed=1,
+    budget_usd=None,
 )
+started_problem = None
+if "from" in st.query_params:
+    started_problem = ui.start_from_batch(settings, st.query_params["from"])
 st.title("New batch")
 ui.show_flash()
+if started_problem:
+    st.warning(started_problem)
 
 # --- 1. Upload ----------------------------------------------------------------
 
@@ -49,16 +61,21 @@ upload = st.file_uploader(
     "delimiter (comma, semicolon, tab or pipe) works.",
 )
 held = ui.held_upload(upload, settings)
+notice = ui.started_from_notice(held)
+if notice:
+    st.info(notice, icon=":material/history:")
 if held is None:
     st.info("Upload a CSV file to begin: each of its rows gets its own answer.")
     st.stop()
 if held.table is None:
-    st.error(f"**{held.name}** cannot be read. {held.error}")
+    st.error(f"**{ui.md(held.name)}** cannot be read. {held.error}")
     st.stop()
 table = held.table
 if upload is None:
-    st.caption(f"Using **{held.name}**, uploaded earlier. Drop a file to replace it.")
-st.markdown(f"**{held.name}** · {views.table_summary(table)}")
+    st.caption(
+        f"Using **{ui.md(held.name)}**, uploaded earlier. Drop a file to replace it."
+    )
+st.markdown(f"**{ui.md(held.name)}** · {views.table_summary(table)}")
 for repair in table.repairs:
     st.info(repair, icon=":material/build:")
 st.dataframe(views.preview_frame(table), height=250)
@@ -178,6 +195,15 @@ with st.expander("Advanced"):
 if model != DEMO_MODEL and not settings.has_gemini_key:
     st.warning(NO_KEY)
 
+st.markdown("**Output fields** (optional)")
+st.caption(
+    "Leave the table empty for a free-text answer. Add fields to get each "
+    "answer as columns, e.g. *sentiment*, one of a list: positive, negative."
+)
+schema, schema_error = ui.output_fields_editor(ui.BATCH_FIELDS)
+if schema_error:
+    st.error(schema_error)
+
 request = BatchRequest(
     name=st.session_state.get("batch_name", ""),
     template=template,
@@ -188,6 +214,7 @@ request = BatchRequest(
     concurrency=concurrency,
     rpm=rpm,
     tpm=tpm,
+    output_schema=schema,
 )
 signature = (
     held.file_id,
@@ -196,6 +223,7 @@ signature = (
     model,
     temperature,
     max_output_tokens,
+    json.dumps(schema, sort_keys=True),
 )
 
 # --- 4. Try it ----------------------------------------------------------------
@@ -225,7 +253,8 @@ seed = seed_col.number_input(
     disabled=mode == FIRST_ROWS,
     help="The same seed picks the same rows again.",
 )
-if st.button("Try it", icon=":material/play_arrow:", disabled=not check.ok):
+ready = check.ok and not schema_error
+if st.button("Try it", icon=":material/play_arrow:", disabled=not ready):
     indexes = choose_rows(len(table), count, random_rows=mode == RANDOM_ROWS, seed=seed)
     with ui.attempt(), st.spinner(f"Asking {request.model} about {count} rows…"):
         generation, limits = request.checked(settings)
@@ -269,8 +298,8 @@ if remembered is not None:
 
 st.subheader("5. Launch")
 st.text_input("Batch name", key="batch_name", persist_state="session")
-if not check.ok:
-    st.info("Fix the prompt above to see the estimate and launch.")
+if not ready:
+    st.info("Fix the prompt or the output fields above to see the estimate.")
     st.stop()
 tried = remembered and remembered[0] == signature
 estimate = estimate_batch(
@@ -299,15 +328,36 @@ st.caption(
     f"${estimate.price.output_per_m:g} out per million tokens "
     f"(checked {estimate.price.checked or 'never'})."
 )
+budget = st.number_input(
+    "Budget: the most to spend, in dollars (optional)",
+    min_value=0.01,
+    step=1.0,
+    format="%.2f",
+    key="budget_usd",
+    persist_state="session",
+    placeholder="No cap",
+    help="The batch pauses itself once it has spent this much; raise the "
+    "budget on the batch page and resume to go on.",
+)
+if budget is not None and not estimate.free and budget < estimate.cost_high:
+    st.warning(
+        "The budget may be below what the batch costs: it will pause itself "
+        "if the budget is spent before the last row."
+    )
+request = dataclasses.replace(request, budget_usd=budget)
 store = ui.get_store(settings)
+runner_settings = ui.launch_settings(settings)
 launch = st.button(
     f"Launch {estimate.rows:,} rows",
     type="primary",
     icon=":material/rocket_launch:",
-    disabled=store is None,
+    disabled=store is None or runner_settings is None,
 )
-if launch and store is not None:
+if launch and store is not None and runner_settings is not None:
     with ui.attempt(), st.spinner("Saving the batch and starting its worker…"):
-        batch = launch_batch(settings, store, table, request)
-        ui.flash(f"Batch “{batch.name}” launched with {batch.total_rows:,} rows.")
+        batch = launch_batch(runner_settings, store, table, request)
+        st.session_state.pop("started_from", None)
+        ui.flash(
+            f"Batch “{ui.md(batch.name)}” launched with {batch.total_rows:,} rows."
+        )
         st.switch_page(ui.BATCHES_PAGE, query_params={"batch": batch.id})

@@ -8,8 +8,10 @@ lives in ``bulkgpt_core``; this module only talks to Streamlit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,14 +21,23 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from bulkgpt_core import views
+from bulkgpt_core.actions import BatchRequest
 from bulkgpt_core.config import DEMO_MODEL, Settings
-from bulkgpt_core.errors import BulkGPTError, ConfigError, CSVError, StoreError
+from bulkgpt_core.errors import (
+    BatchNotFound,
+    BulkGPTError,
+    ConfigError,
+    CSVError,
+    StoreError,
+)
+from bulkgpt_core.modal_launch import check_modal_ready
 from bulkgpt_core.models import KNOWN_MODELS
 from bulkgpt_core.sample_run import SampleRun
+from bulkgpt_core.schema import FieldType, OutputField, SchemaError, schema_to_fields
 from bulkgpt_core.stores import open_store, store_label
 from bulkgpt_core.stores.base import Store
 from bulkgpt_core.tables import CSVLimits, Table, read_csv
-from bulkgpt_core.templates import insert_placeholder
+from bulkgpt_core.templates import check_template, insert_placeholder
 
 log = logging.getLogger("bulkgpt.app")
 
@@ -35,6 +46,9 @@ T = TypeVar("T")
 
 NEW_BATCH_PAGE = "pages/new_batch.py"
 BATCHES_PAGE = "pages/batches.py"
+PROMPT_LAB_PAGE = "pages/prompt_lab.py"
+#: The new batch page's field table (each lab variant has its own).
+BATCH_FIELDS = "output_fields"
 
 UNEXPECTED = (
     "Something went wrong on our side, sorry. Your batches are safe: they keep "
@@ -145,6 +159,41 @@ def get_store(settings: Settings) -> Store | None:
         return None
 
 
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~$])")
+
+
+def md(text: str) -> str:
+    """User text (a file or batch name) shown literally inside markdown."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _modal_problem(key: str, _settings: Settings) -> str | None:
+    return check_modal_ready(_settings)
+
+
+def launch_settings(settings: Settings) -> Settings | None:
+    """The settings to launch with: Modal when it is ready, else the user may
+    choose this computer; ``None`` while neither is possible."""
+    if settings.runner != "modal":
+        return settings
+    key = "|".join(
+        (
+            settings.modal_app,
+            settings.store,
+            settings.database_url,
+            settings.supabase_url,
+        )
+    )
+    problem = _modal_problem(key, settings)
+    if problem is None:
+        return settings
+    st.warning(problem)
+    if st.checkbox("Run on this computer instead", key="run_locally"):
+        return dataclasses.replace(settings, runner="local")
+    return None
+
+
 # --- The sidebar --------------------------------------------------------------
 
 
@@ -209,11 +258,20 @@ def open_selected_batch(ids: list[str], rows: list[int]) -> None:
     Only a change of selection counts, so a bookmarked URL is not overridden
     by a row that stayed selected.
     """
+    open_selected_row(ids, rows, param="batch")
+
+
+def open_selected_row(ids: list[str], rows: list[int], *, param: str) -> bool:
+    """Put a newly selected row's id in the URL as ``param`` (see above);
+    say whether the URL changed."""
     picked = ids[rows[0]] if rows and rows[0] < len(ids) else None
-    if picked != st.session_state.get("picked_batch"):
-        st.session_state["picked_batch"] = picked
-        if picked is not None:
-            st.query_params["batch"] = picked
+    if picked == st.session_state.get(f"picked_{param}"):
+        return False
+    st.session_state[f"picked_{param}"] = picked
+    if picked is None or st.query_params.get(param) == picked:
+        return False
+    st.query_params[param] = picked
+    return True
 
 
 # --- The uploaded file --------------------------------------------------------
@@ -243,9 +301,9 @@ def held_upload(upload: UploadedFile | None, settings: Settings) -> HeldUpload |
     return held
 
 
-def upload_changed() -> None:
-    """The uploader's callback: a removed file is forgotten."""
-    if st.session_state.get("upload") is None:
+def upload_changed(key: str = "upload") -> None:
+    """An uploader's callback: a removed file is forgotten."""
+    if st.session_state.get(key) is None:
         st.session_state.pop("held_upload", None)
         st.session_state.pop("sample_run", None)
 
@@ -308,6 +366,136 @@ def clamp(key: str, low: int, high: int) -> None:
     value = st.session_state.get(key)
     if isinstance(value, int) and not low <= value <= high:
         st.session_state[key] = min(max(value, low), high)
+
+
+# --- Output fields ------------------------------------------------------------
+
+
+def fields_editor_key(key: str) -> str:
+    """The widget key of a field table's editor (it changes when it is refilled)."""
+    return f"{key}_editor_{st.session_state.get(key + '_version', 0)}"
+
+
+def set_output_fields(key: str, fields: list[OutputField]) -> None:
+    """Refill a field table, e.g. from an earlier batch's schema."""
+    st.session_state[key] = views.fields_frame(fields)
+    st.session_state[key + "_version"] = st.session_state.get(key + "_version", 0) + 1
+    st.session_state.pop(key + "_base", None)
+
+
+def output_fields_editor(key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The output-field table; returns its JSON Schema (None: free text) or why
+    it cannot be used.
+
+    The edited table is kept under ``key`` so it outlives a visit to another
+    page (which empties the editor): the editor starts from it when shown anew.
+    """
+    editor = fields_editor_key(key)
+    latest = st.session_state.get(key)
+    if latest is None:
+        latest = views.fields_frame()
+    if editor not in st.session_state or key + "_base" not in st.session_state:
+        st.session_state[key + "_base"] = latest
+    edited = st.data_editor(
+        st.session_state[key + "_base"],
+        key=editor,
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        column_config=_FIELD_COLUMN_CONFIG,
+    )
+    st.session_state[key] = edited
+    try:
+        return views.schema_from_frame(edited), None
+    except SchemaError as exc:
+        return None, str(exc)
+
+
+_FIELD_COLUMN_CONFIG = {
+    views.FIELD_NAME: st.column_config.TextColumn(
+        help="A column name for the answer, e.g. sentiment."
+    ),
+    views.FIELD_TYPE: st.column_config.SelectboxColumn(
+        options=[t.value for t in FieldType], default=FieldType.TEXT.value
+    ),
+    views.FIELD_DESCRIPTION: st.column_config.TextColumn(
+        help="What the model should put here."
+    ),
+    views.FIELD_REQUIRED: st.column_config.CheckboxColumn(default=True),
+    views.FIELD_CHOICES: st.column_config.TextColumn(
+        help="For 'one of a list': the choices, separated by commas."
+    ),
+}
+
+
+# --- Filling the new batch form -----------------------------------------------
+
+
+def fill_new_batch_form(request: BatchRequest, fields: list[OutputField]) -> None:
+    """Put an earlier batch's settings in the new batch form's widgets."""
+    st.session_state.update(
+        template=request.template,
+        system_prompt=request.system_prompt,
+        model=request.model,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        max_output_tokens=request.max_output_tokens,
+        concurrency=request.concurrency,
+        rpm=request.rpm,
+        tpm=request.tpm,
+        budget_usd=request.budget_usd,
+        batch_name=f"{request.name} (again)",
+    )
+    st.session_state.pop("sample_run", None)
+    set_output_fields(BATCH_FIELDS, fields)
+
+
+@dataclass(frozen=True)
+class StartedFrom:
+    """The earlier batch whose settings fill the new batch form."""
+
+    name: str
+    source_name: str
+    template: str
+
+
+def start_from_batch(settings: Settings, batch_id: str) -> str | None:
+    """Fill the new batch form from a stored batch (``?from=<id>``), once;
+    say why not when it cannot be."""
+    del st.query_params["from"]
+    store = get_store(settings)
+    if store is None:
+        return "The earlier batch cannot be read, so nothing was filled in."
+    try:
+        batch = store.get_batch(batch_id)
+    except BatchNotFound:
+        return "That batch no longer exists, so nothing was filled in."
+    schema = batch.output_schema
+    fields = schema_to_fields(schema) if schema else []
+    fill_new_batch_form(BatchRequest.from_batch(batch), fields)
+    st.session_state["started_from"] = StartedFrom(
+        batch.name, batch.source_name, batch.template
+    )
+    return None
+
+
+def started_from_notice(held: HeldUpload | None) -> str | None:
+    """What the page says about a form filled from an earlier batch."""
+    origin: StartedFrom | None = st.session_state.get("started_from")
+    if origin is None:
+        return None
+    said = (
+        f"The prompt, model, settings and output fields come from batch "
+        f"“{origin.name}”."
+    )
+    table = held.table if held is not None else None
+    fits = table is not None and check_template(origin.template, table.columns).ok
+    if held is not None and fits:
+        return (
+            f"{said} The file uploaded earlier, {held.name}, has the columns "
+            "its prompt uses."
+        )
+    source = origin.source_name or "its file"
+    return f"{said} Upload {source} again, or any CSV with the columns its prompt uses."
 
 
 # --- The sample run -----------------------------------------------------------

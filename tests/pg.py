@@ -74,7 +74,10 @@ alter default privileges in schema public
     grant all on sequences to anon, authenticated, service_role;
 """
 
-TABLES = "public.batches, public.batch_results, public.batch_progress, auth.users"
+TABLES = (
+    "public.batches, public.batch_results, public.batch_progress, "
+    "public.lab_runs, auth.users"
+)
 
 
 def postgres_available() -> bool:

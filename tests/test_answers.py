@@ -120,7 +120,7 @@ def test_structured_answers_become_export_columns(
 
     records = json.loads(
         b"".join(export_chunks(sqlite_store, batch, ExportFormat.JSON)).decode()
-    )
+    )["rows"]
     assert list(records[0])[:7] == [
         "text",
         "output",

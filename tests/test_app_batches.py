@@ -17,7 +17,7 @@ import pytest
 import streamlit as st
 
 from bulkgpt_core import views
-from bulkgpt_core.batches import BatchStatus, ProgressSample, RowStatus
+from bulkgpt_core.batches import BatchStatus, ProgressSample, RowResult, RowStatus
 from bulkgpt_core.config import Settings
 from bulkgpt_core.export import ExportFormat
 from bulkgpt_core.stores.base import Store
@@ -160,6 +160,7 @@ def test_a_running_batch_shows_its_progress(
         "JSON",
         "JSONL",
         "Failed rows (CSV)",
+        "Manifest (JSON)",
     ]
     assert "rows finished so far" in all_text(at)
 
@@ -187,7 +188,7 @@ def test_a_finished_batch_shows_its_results_and_stops_refreshing(
     assert [b.label for b in at.button] == ["Delete…"]
     assert not at.warning
     assert len(at.dataframe[1].value) == 3
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5
     assert "rows finished so far" not in all_text(at)
 
 
@@ -315,8 +316,19 @@ def test_downloads_hold_every_row_and_the_failed_ones(store: Store) -> None:
     failed = views.export_bytes(store, batch.id, ExportFormat.CSV, failed_only=True)
     assert [r["id"] for r in csv.DictReader(io.StringIO(failed.decode()))] == ["2"]
 
-    records = json.loads(views.export_bytes(store, batch.id, ExportFormat.JSON))
-    assert len(records) == 4
+    exported = json.loads(views.export_bytes(store, batch.id, ExportFormat.JSON))
+    assert len(exported["rows"]) == 4
+    assert exported["manifest"]["counts"] == {
+        "rows": 4,
+        "succeeded": 2,
+        "failed": 1,
+        "remaining": 1,
+        "reused": 0,
+    }
+    manifest = json.loads(views.manifest_download(store, batch.id))
+    assert manifest["template"] == "Say <<text>>"
+    assert manifest["batch_id"] == batch.id
+    assert views.manifest_name(batch) == "known-batch-manifest.json"
     lines = views.export_bytes(store, batch.id, ExportFormat.JSONL).splitlines()
     assert len(lines) == 4
     assert views.download_name(batch, ExportFormat.JSONL) == "known-batch-results.jsonl"
@@ -396,3 +408,62 @@ def test_costs_show_cents_and_small_amounts() -> None:
     assert views.format_cost(1234.5) == "$1,234.50"
     assert views.format_cost_range(0.1, 0.1) == "$0.1000"
     assert views.format_cost_range(0.1, 2) == "$0.1000 – $2.00"
+
+
+# --- Reuse, budget, history ----------------------------------------------------------
+
+
+def test_reused_rows_and_the_budget_are_shown(store: Store) -> None:
+    batch = create_batch(store, small_table(4))
+    store.update_batch(batch.id, budget_usd=1.0)
+    store.set_status(batch.id, BatchStatus.RUNNING)
+    store.claim_rows(batch.id, after_index=-1, limit=2)
+    reused = [
+        RowResult(i, RowStatus.SUCCEEDED, output="again", reused=True, saved_usd=0.001)
+        for i in (0, 1)
+    ]
+    store.record_results(batch.id, reused)
+    at = batch_page(batch.id)
+
+    text = all_text(at)
+    assert "Budget $1.00 · $0.00 spent (0%)" in text
+    assert "2 rows reused, about $0.0020 saved" in text
+
+
+def test_raise_the_budget_and_resume(store: Store, isolated_env: Path) -> None:
+    batch = create_batch(store, small_table(3))
+    store.update_batch(batch.id, budget_usd=0.01)
+    store.set_status(
+        batch.id, BatchStatus.PAUSED, last_error="Paused: the budget is spent."
+    )
+    at = batch_page(batch.id)
+    assert at.number_input(key=f"budget_{batch.id}").value == 0.01
+
+    at.number_input(key=f"budget_{batch.id}").set_value(5.0)
+    with workers_stopped(isolated_env):
+        button(at, "Save budget and resume").click().run()
+        assert "Budget saved: resumed." in texts(at.toast)[0]
+        done = wait_until_finished(store, batch.id)
+
+    assert done.budget_usd == 5.0
+    assert done.status is BatchStatus.COMPLETED
+
+
+def test_the_budget_cap_can_be_removed(store: Store) -> None:
+    batch = create_batch(store)
+    store.update_batch(batch.id, call_id="pid:999999999")
+    at = batch_page(batch.id)
+
+    at.number_input(key=f"budget_{batch.id}").set_value(None)
+    button(at, "Save budget").click().run()
+    assert store.get_batch(batch.id).budget_usd is None
+    assert "Budget saved." in texts(at.toast)[0]
+
+
+def test_a_batch_links_to_a_new_batch_like_it(store: Store) -> None:
+    batch = create_batch(store)
+    at = batch_page(batch.id)
+
+    [link] = at.get("page_link")
+    assert link.proto.label == "Start a new batch from this one"
+    assert link.proto.query_string == f"from={batch.id}"

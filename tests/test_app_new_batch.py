@@ -6,20 +6,24 @@ configuration files the app ships with.
 
 from __future__ import annotations
 
+import json
 import logging
 import tomllib
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
-from bulkgpt_core import actions, views
-from bulkgpt_core.batches import BatchStatus, RowStatus
+from bulkgpt_core import actions, jobs, views
+from bulkgpt_core.batches import BatchStatus, GenerationSettings, RowStatus
 from bulkgpt_core.config import SETTINGS, Settings
 from bulkgpt_core.models import NO_KEY
 from bulkgpt_core.sample_run import choose_rows
+from bulkgpt_core.schema import FieldType, OutputField, fields_to_schema
 from bulkgpt_core.templates import compile_template
 from pages import ui
 from tests.app_fixtures import (
+    APP,
     ROOT,
     TEMPLATE,
     all_text,
@@ -328,3 +332,179 @@ def test_streamlit_config_matches_the_upload_limit() -> None:
     assert config["server"]["maxUploadSize"] == Settings().max_upload_mb
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["showErrorDetails"] == "none"
+
+
+# --- Output fields, budget, and starting from an earlier batch -----------------------
+
+FIELD_EDITS = {
+    "edited_rows": {},
+    "added_rows": [
+        {
+            "Field name": "sentiment",
+            "Type": "one of a list",
+            "Description": "How the review feels",
+            "Choices": "positive, negative",
+        },
+        {"Field name": "stars", "Type": "integer", "Required": False},
+    ],
+    "deleted_rows": [],
+}
+FIELDS = [
+    OutputField(
+        "sentiment",
+        FieldType.CHOICE,
+        "How the review feels",
+        choices=("positive", "negative"),
+    ),
+    OutputField("stars", FieldType.INTEGER, required=False),
+]
+
+
+@pytest.fixture
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Launches store the batch but start no worker; the ids started are listed."""
+    started: list[str] = []
+    monkeypatch.setattr(
+        actions,
+        "start_worker",
+        lambda settings, store, batch_id: started.append(batch_id),
+    )
+    return started
+
+
+def field_editor(at) -> object:
+    [editor] = [d for d in at.dataframe if d.editing_mode == "dynamic"]
+    return editor
+
+
+def test_the_field_table_makes_the_output_schema(
+    gemini: FakeGemini, no_worker: list[str]
+) -> None:
+    at = with_template()
+    at.session_state["output_fields_editor_0"] = FIELD_EDITS
+    at.run()
+
+    assert not at.error
+    button(at, "Try it").click().run()
+    structured = [json.loads(c) for c in texts(at.code) if c.startswith("{")]
+    assert len(structured) == 5
+    assert all(answer["sentiment"] == "positive" for answer in structured)
+    button(at, "Launch 120 rows").click().run()
+    with store_for_app() as store:
+        [batch] = store.list_batches()
+    assert batch.output_schema == fields_to_schema(FIELDS)
+    assert no_worker == [batch.id]
+
+
+def test_the_field_table_is_kept_when_coming_back(gemini: FakeGemini) -> None:
+    at = with_template()
+    at.session_state["output_fields_editor_0"] = FIELD_EDITS
+    at.run()
+    at.switch_page("pages/batches.py").run()
+    at.switch_page("pages/new_batch.py").run()
+
+    assert views.fields_from_frame(field_editor(at).value) == FIELDS
+
+
+def test_a_field_table_that_cannot_be_used_says_why() -> None:
+    at = with_template()
+    at.session_state["output_fields_editor_0"] = {
+        "edited_rows": {},
+        "added_rows": [{"Field name": "mood", "Type": "one of a list"}],
+        "deleted_rows": [],
+    }
+    at.run()
+
+    assert "Field 'mood' is 'one of a list': give the choices." in texts(at.error)
+    assert button(at, "Try it").disabled
+    assert not [b for b in at.button if b.label.startswith("Launch")]
+
+
+def test_the_budget_goes_into_the_batch(no_worker: list[str]) -> None:
+    at = with_template()
+    at.selectbox(key="model").select("gemini-2.5-flash").run()
+    at.number_input(key="budget_usd").set_value(0.01).run()
+    assert "budget may be below what the batch costs" in " ".join(texts(at.warning))
+
+    at.number_input(key="budget_usd").set_value(2.5).run()
+    button(at, "Launch 120 rows").click().run()
+
+    with store_for_app() as store:
+        [batch] = store.list_batches()
+    assert batch.budget_usd == 2.5
+
+
+def test_a_batch_can_be_started_from_an_earlier_one(no_worker: list[str]) -> None:
+    settings = Settings.from_env()
+    with store_for_app() as store:
+        earlier = jobs.create_batch(
+            store,
+            reviews_table(),
+            name="Moods",
+            template=TEMPLATE,
+            generation=GenerationSettings(
+                model="gemini-2.5-flash-lite",
+                system_prompt="Be brief.",
+                temperature=0.3,
+                max_output_tokens=200,
+                response_schema=fields_to_schema(FIELDS),
+            ),
+            limits=jobs.run_limits(settings, concurrency=4, rpm=100),
+            budget_usd=3.0,
+        )
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["from"] = earlier.id
+    at.run()
+
+    assert "from" not in at.query_params
+    assert "come from batch “Moods”. Upload reviews.csv again" in texts(at.info)[0]
+    at = uploaded(at, reviews_bytes())
+    notice = texts(at.info)[0]
+    assert "The file uploaded earlier, reviews.csv, has the columns" in notice
+    assert at.text_area(key="template").value == TEMPLATE
+    assert at.text_area(key="system_prompt").value == "Be brief."
+    assert at.selectbox(key="model").value == "gemini-2.5-flash-lite"
+    assert at.slider(key="temperature").value == 0.3
+    assert at.number_input(key="max_output_tokens").value == 200
+    assert at.number_input(key="concurrency").value == 4
+    assert at.number_input(key="rpm").value == 100
+    assert at.number_input(key="budget_usd").value == 3.0
+    assert list(field_editor(at).value["Field name"]) == ["sentiment", "stars"]
+
+    at.text_input(key="batch_name").input("Moods again").run()
+    button(at, "Launch 120 rows").click().run()
+    with store_for_app() as store:
+        again = store.get_batch(at.query_params["batch"])
+    assert again.id != earlier.id
+    for name in ("template", "system_prompt", "model", "generation", "budget_usd"):
+        assert getattr(again, name) == getattr(earlier, name)
+    assert again.output_schema == earlier.output_schema
+    assert again.limits == earlier.limits
+
+
+def test_starting_from_a_deleted_batch_says_so() -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["from"] = "no-such-batch"
+    at.run()
+
+    assert "That batch no longer exists" in texts(at.warning)[0]
+    at = uploaded(at, reviews_bytes())
+    assert at.text_area(key="template").value == ""
+    assert not at.warning
+
+
+def test_modal_that_cannot_run_offers_this_computer(
+    no_worker: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKGPT_RUNNER", "modal")
+    at = with_template()
+    warnings = " ".join(texts(at.warning))
+    assert "Use Supabase or PostgreSQL" in warnings
+    assert button(at, "Launch 120 rows").disabled
+
+    at.checkbox(key="run_locally").check().run()
+    button(at, "Launch 120 rows").click().run()
+
+    assert len(no_worker) == 1
+    with store_for_app() as store:
+        assert store.get_batch(no_worker[0]).runner == "local"

@@ -79,6 +79,12 @@ def test_run_writes_every_row_with_its_answer(
     # A formula in an input cell is neutralised in CSV.
     assert rows[2]["name"] == "'=1+1"
     assert {r["status"] for r in rows} == {"succeeded"}
+    # Beside the CSV, a manifest says what produced it.
+    manifest = json.loads((tmp_path / "out.csv.manifest.json").read_text())
+    assert manifest["template"] == "Greet <<name>>"
+    assert manifest["source_file"] == "people.csv"
+    assert manifest["counts"]["rows"] == 3
+    assert "out.csv.manifest.json" in done.stderr
 
 
 def test_run_to_json_keeps_values_as_they_are(
@@ -87,9 +93,12 @@ def test_run_to_json_keeps_values_as_they_are(
     out = tmp_path / "out.json"
     done = cli("run", str(people_csv), "--prompt", "Hi <<name>>", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    records = json.loads(out.read_text(encoding="utf-8"))
+    exported = json.loads(out.read_text(encoding="utf-8"))
+    records = exported["rows"]
     assert [r["name"] for r in records] == ["Ann", "Bob", "=1+1"]
     assert records[0]["output"] == "ANSWER: Hi Ann"
+    assert exported["manifest"]["template"] == "Hi <<name>>"
+    assert exported["manifest"]["counts"]["succeeded"] == 3
 
 
 def test_run_counts_failed_rows_but_completes(
@@ -261,3 +270,19 @@ def test_retry_failed_rows_by_reason(gemini: FakeGemini, tmp_path: Path) -> None
     assert "2 succeeded, 1 failed" in retried.stderr
     status = cli("status", batch_id).stdout
     assert "2 succeeded, 1 failed" in status
+
+
+def test_resume_goes_on_with_a_batch_left_running_by_a_dead_worker(
+    gemini: FakeGemini,
+) -> None:
+    settings = Settings.from_env()
+    with open_store(settings) as store:
+        from tests.conftest import new_batch_spec
+
+        batch = store.create_batch(new_batch_spec())
+        store.add_rows(batch.id, [{"text": "a"}, {"text": "b"}])
+        store.set_status(batch.id, BatchStatus.RUNNING)
+        store.claim_rows(batch.id, after_index=-1, limit=1)
+    done = cli("resume", batch.id)
+    assert done.returncode == 0, done.stderr
+    assert "2 succeeded" in done.stderr

@@ -1,4 +1,8 @@
-"""A worker killed outright loses nothing and re-bills only its calls in flight."""
+"""A worker killed outright loses nothing and re-bills only its calls in flight.
+
+On SQLite and on PostgreSQL: the worker process reads the store from the
+environment, as the app's detached worker does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,11 +73,20 @@ def test_three_kills_cost_at_most_the_calls_in_flight(
     assert [r.output for r in rows] == [f"ANSWER: Say row {i}" for i in range(ROWS)]
     assert (batch.succeeded, batch.failed) == (ROWS, 0)
     assert batch.tokens_in == sum(r.tokens_in for r in rows)
+    assert batch.tokens_out == sum(r.tokens_out for r in rows)
     calls = gemini.stats()["total"]
     assert ROWS <= calls <= ROWS + CONCURRENCY * CRASHES
+    print(f"{store.label}: {calls - ROWS} calls re-billed by {CRASHES} kills")
 
 
-@pytest.fixture
-def store_for_crashes(settings: Settings):
-    with open_store(settings) as store:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_for_crashes(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """The store under test, named in the environment the workers inherit."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("clean_database")
+        monkeypatch.setenv("BULKGPT_STORE", "postgres")
+        monkeypatch.setenv("DATABASE_URL", server.url)
+    with open_store(Settings.from_env()) as store:
         yield store

@@ -9,7 +9,14 @@ import json
 import pytest
 
 from bulkgpt_core.batches import RowResult, RowStatus
-from bulkgpt_core.export import ExportFormat, export_chunks, result_field_names
+from bulkgpt_core.export import (
+    ExportFormat,
+    batch_manifest,
+    export_chunks,
+    manifest_path,
+    result_field_names,
+    write_export,
+)
 from bulkgpt_core.stores.sqlite import SQLiteStore
 from tests.conftest import new_batch_spec
 
@@ -68,7 +75,9 @@ def test_csv_neutralises_every_formula_start(sqlite_store, finished_batch) -> No
 
 
 def test_json_and_jsonl_keep_values(sqlite_store, finished_batch) -> None:
-    records = json.loads(export_text(sqlite_store, finished_batch, ExportFormat.JSON))
+    exported = json.loads(export_text(sqlite_store, finished_batch, ExportFormat.JSON))
+    assert list(exported) == ["manifest", "rows"]
+    records = exported["rows"]
     assert [r["text"] for r in records] == DANGEROUS
     assert records[0]["output"] == "mine"
     assert records[0]["output_2"] == DANGEROUS[0]
@@ -88,7 +97,52 @@ def test_failed_only_and_excel_bom(sqlite_store, finished_batch) -> None:
 
 def test_empty_json_export_is_valid(sqlite_store) -> None:
     batch = sqlite_store.create_batch(new_batch_spec())
-    assert json.loads(export_text(sqlite_store, batch, ExportFormat.JSON)) == []
+    exported = json.loads(export_text(sqlite_store, batch, ExportFormat.JSON))
+    assert exported["rows"] == []
+    assert exported["manifest"]["counts"]["rows"] == 0
+
+
+def test_the_manifest_says_what_produced_the_results(
+    sqlite_store, finished_batch
+) -> None:
+    manifest = json.loads(
+        export_text(sqlite_store, finished_batch, ExportFormat.JSON, failed_only=True)
+    )["manifest"]
+
+    assert manifest == {
+        **batch_manifest(finished_batch, failed_only=True),
+        "exported_at": manifest["exported_at"],
+    }
+    assert manifest["template"] == "<<text>>"
+    assert manifest["model"] == "gemini-2.5-flash"
+    assert manifest["source_file"] == "test.csv"
+    assert manifest["settings"] == {"temperature": None, "max_output_tokens": None}
+    assert manifest["limits"]["concurrency"] == 8
+    assert manifest["counts"] == {
+        "rows": 10,
+        "succeeded": 9,
+        "failed": 1,
+        "remaining": 0,
+        "reused": 0,
+    }
+    assert manifest["tokens"] == {"in": 9, "out": 18}
+    assert manifest["rows_exported"] == "failed only"
+    assert manifest["created_at"] == finished_batch.created_at.isoformat()
+
+
+def test_csv_and_jsonl_files_get_a_sidecar_manifest(
+    sqlite_store, finished_batch, tmp_path
+) -> None:
+    for name in ("out.csv", "out.jsonl"):
+        sidecar = write_export(sqlite_store, finished_batch, tmp_path / name)
+        assert sidecar == manifest_path(tmp_path / name)
+        assert sidecar.name == f"{name}.manifest.json"
+        manifest = json.loads(sidecar.read_text(encoding="utf-8"))
+        assert manifest["batch_id"] == finished_batch.id
+        assert manifest["counts"]["succeeded"] == 9
+
+    assert write_export(sqlite_store, finished_batch, tmp_path / "out.json") is None
+    assert not manifest_path(tmp_path / "out.json").exists()
 
 
 def test_format_from_path() -> None:

@@ -250,6 +250,34 @@ def test_another_users_jwt_gets_nothing_through_the_gateway(
     assert snapshot(clean_database, alice_batch) == before
 
 
+def test_lab_runs_are_each_users_own_through_the_gateway(
+    gateway: PostgrestGateway, postgres_store: PostgresStore
+) -> None:
+    with postgres_store.scoped(ALICE) as as_alice:
+        run_id = as_alice.save_lab_run({"name": "alice's", "x": 1})
+
+    def client(token: str | None) -> httpx.Client:
+        headers = {"apikey": gateway.anon_key}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(base_url=gateway.url + "/rest/v1", headers=headers)
+
+    only_it = {"id": f"eq.{run_id}"}
+    representation = {"Prefer": "return=representation"}
+    with client(gateway.user_jwt(ALICE)) as alice:
+        [own] = alice.get("/lab_runs", params=only_it).json()
+        assert (own["name"], own["data"]) == ("alice's", {"x": 1})
+    with client(gateway.user_jwt(BOB)) as bob:
+        assert bob.get("/lab_runs", params=only_it).json() == []
+        deleted = bob.delete("/lab_runs", params=only_it, headers=representation)
+        assert deleted.json() == []
+        stolen = bob.post("/lab_runs", json={"name": "mine", "user_id": ALICE})
+        assert stolen.status_code in (401, 403)
+    with client(None) as anon:
+        assert anon.get("/lab_runs").status_code == 401
+    assert postgres_store.get_lab_run(run_id)["name"] == "alice's"
+
+
 def test_the_anon_key_gets_nothing_through_the_gateway(
     gateway: PostgrestGateway, alice_batch: str
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bulkgpt_core.batches import BatchStatus, RowResult, RowStatus
-from bulkgpt_core.errors import BatchNotFound
+from bulkgpt_core.errors import BatchNotFound, LabRunNotFound
 from bulkgpt_core.stores.base import Store
 from tests.conftest import new_batch_spec
 
@@ -247,3 +247,74 @@ def test_progress_samples(store: Store) -> None:
     samples = store.progress_samples(batch.id)
     assert [(s.succeeded, s.failed) for s in samples] == [(0, 0), (1, 1)]
     assert samples[0].at <= samples[1].at
+
+
+# -- prompt-lab runs ---------------------------------------------------------------
+
+ALICE = "11111111-1111-1111-1111-111111111111"
+BOB = "22222222-2222-2222-2222-222222222222"
+
+
+def lab_run(name: str = "two prompts", **extra: object) -> dict:
+    return {
+        "name": name,
+        "variants": [{"name": "A", "template": "Say <<text>>", "temperature": 0.2}],
+        "rows": [{"index": 0, "values": {"text": "héllo \u2603"}}],
+        "marks": {"0": 1},
+        **extra,
+    }
+
+
+def test_lab_runs_are_saved_listed_and_replaced(store: Store) -> None:
+    first = store.save_lab_run(lab_run("first"))
+    second = store.save_lab_run(lab_run("second"))
+
+    assert [r["id"] for r in store.list_lab_runs()] == [second, first]
+    saved = store.get_lab_run(first)
+    assert saved["name"] == "first"
+    assert saved["variants"] == lab_run()["variants"]
+    assert saved["rows"][0]["values"]["text"] == "héllo \u2603"
+    assert saved["marks"] == {"0": 1}
+    assert saved["created_at"] <= saved["updated_at"]
+
+    changed = {**saved, "marks": {"0": 0}, "name": "first, marked"}
+    assert store.save_lab_run(changed) == first
+    again = store.get_lab_run(first)
+    assert (again["name"], again["marks"]) == ("first, marked", {"0": 0})
+    assert again["created_at"] == saved["created_at"]
+    assert len(store.list_lab_runs()) == 2
+    assert [r["id"] for r in store.list_lab_runs(limit=1)] == [second]
+
+
+def test_lab_runs_can_be_deleted(store: Store) -> None:
+    run_id = store.save_lab_run(lab_run())
+    store.delete_lab_run(run_id)
+
+    assert store.list_lab_runs() == []
+    for action in (
+        lambda: store.get_lab_run(run_id),
+        lambda: store.delete_lab_run(run_id),
+        lambda: store.save_lab_run({**lab_run(), "id": run_id}),
+        lambda: store.get_lab_run("not-a-run"),
+    ):
+        with pytest.raises(LabRunNotFound):
+            action()
+
+
+def test_lab_runs_are_owner_scoped(store: Store) -> None:
+    as_alice, as_bob = store.scoped(ALICE), store.scoped(BOB)
+    try:
+        run_id = as_alice.save_lab_run(lab_run("alice's"))
+        assert [r["id"] for r in as_alice.list_lab_runs()] == [run_id]
+        assert as_bob.list_lab_runs() == []
+        for action in (
+            lambda: as_bob.get_lab_run(run_id),
+            lambda: as_bob.save_lab_run({**lab_run("bob's now"), "id": run_id}),
+            lambda: as_bob.delete_lab_run(run_id),
+        ):
+            with pytest.raises(LabRunNotFound):
+                action()
+        assert store.get_lab_run(run_id)["name"] == "alice's"
+    finally:
+        as_alice.close()
+        as_bob.close()

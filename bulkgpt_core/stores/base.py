@@ -10,6 +10,9 @@ from that one ``batches`` row: nothing ever counts a million result rows.
 A store may be scoped to an owner (``owner``): every read and change of a
 batch then also requires ``user_id = owner``, and a batch of someone else's
 is reported as not found.
+
+A third table, ``lab_runs``, keeps the prompt lab's runs (variants compared
+on a few rows) as one JSON document each, owner-scoped like batches.
 """
 
 from __future__ import annotations
@@ -169,6 +172,30 @@ class Store(abc.ABC):
     ) -> dict[str, StoredRow]:
         """Succeeded results by rendered-prompt hash (in one batch, or any of
         this owner's), for answering a repeated prompt without a call."""
+
+    # -- prompt-lab runs ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def save_lab_run(self, run: Mapping[str, Any]) -> str:
+        """Store a prompt-lab run (any JSON object with a ``name``); return its id.
+
+        A run without an ``id`` is added; one with an ``id`` replaces the
+        stored run, or raises :class:`LabRunNotFound` if there is none (it
+        was deleted, or it is someone else's).
+        """
+
+    @abc.abstractmethod
+    def list_lab_runs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Stored lab runs, newest first, as :meth:`get_lab_run` returns them."""
+
+    @abc.abstractmethod
+    def get_lab_run(self, run_id: str) -> dict[str, Any]:
+        """One run as saved, with ``id``, ``name``, ``created_at`` and
+        ``updated_at`` (UTC datetimes) set by the store; or LabRunNotFound."""
+
+    @abc.abstractmethod
+    def delete_lab_run(self, run_id: str) -> None:
+        """Remove a stored lab run, or raise :class:`LabRunNotFound`."""
 
     def close(self) -> None:  # noqa: B027  (most stores have nothing to release)
         """Release connections."""

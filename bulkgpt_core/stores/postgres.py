@@ -36,7 +36,7 @@ from ..batches import (
     RowStatus,
     StoredRow,
 )
-from ..errors import BatchNotFound, StoreError
+from ..errors import BatchNotFound, LabRunNotFound, StoreError
 from .base import EXPORT_PAGE_ROWS, INGEST_CHUNK_ROWS, Store
 from .pg_schema import (
     MISSING_SCHEMA_FIX,
@@ -52,6 +52,10 @@ from .records import (
     JSON_BATCH_FIELDS,
     UPDATABLE_FIELDS,
     batch_from_record,
+    lab_run_data,
+    lab_run_from_record,
+    lab_run_name,
+    new_batch_id,
     new_batch_record,
     stored_row_from_record,
 )
@@ -97,6 +101,7 @@ FIXES = {
         "Sign the user up first, or create the batch without an owner."
     ),
 }
+OWNER_CONSTRAINTS = ("batches_user_id_fkey", "lab_runs_user_id_fkey")
 COPY_ROWS = "copy public.batch_results (batch_id, row_index, input) from stdin"
 TERMINAL = (RowStatus.SUCCEEDED.value, RowStatus.FAILED.value)
 
@@ -188,7 +193,7 @@ class PostgresStore(Store):
         state = exc.sqlstate or ""
         if state == "PT404":
             return BatchNotFound(batch_id or "")
-        if exc.diag.constraint_name == "batches_user_id_fkey":
+        if exc.diag.constraint_name in OWNER_CONSTRAINTS:
             state = "owner"
         template = FIXES.get(state)
         if template is None and isinstance(
@@ -509,12 +514,79 @@ class PostgresStore(Store):
                 found.setdefault(row["prompt_hash"], stored_row_from_record(row))
         return found
 
+    # -- prompt-lab runs -----------------------------------------------------
+
+    def save_lab_run(self, run: Mapping[str, Any]) -> str:
+        name = without_nul(lab_run_name(run))
+        data = Jsonb(without_nul(lab_run_data(run)))
+        if run.get("id") is None:
+            run_id = new_batch_id()
+            with self._transaction() as cur:
+                cur.execute(
+                    "insert into public.lab_runs (id, user_id, name, data) "
+                    "values (%s, %s, %s, %s)",
+                    (run_id, self.owner, name, data),
+                )
+            return run_id
+        key = _lab_key(str(run["id"]))
+        owner_sql, owner_args = self._owner_sql()
+        with self._transaction() as cur:
+            cur.execute(
+                "update public.lab_runs set name = %s, data = %s, updated_at = now() "
+                f"where id = %s{owner_sql} returning id",
+                (name, data, key, *owner_args),
+            )
+            if cur.fetchone() is None:
+                raise LabRunNotFound(str(run["id"]))
+        return key
+
+    def list_lab_runs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        owner_sql, owner_args = self._owner_sql()
+        with self._transaction() as cur:
+            cur.execute(
+                f"select * from public.lab_runs where true{owner_sql} "
+                "order by created_at desc, id limit %s",
+                (*owner_args, limit),
+            )
+            rows = cur.fetchall()
+        return [lab_run_from_record(r) for r in rows]
+
+    def get_lab_run(self, run_id: str) -> dict[str, Any]:
+        owner_sql, owner_args = self._owner_sql()
+        with self._transaction() as cur:
+            cur.execute(
+                f"select * from public.lab_runs where id = %s{owner_sql}",
+                (_lab_key(run_id), *owner_args),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LabRunNotFound(run_id)
+        return lab_run_from_record(row)
+
+    def delete_lab_run(self, run_id: str) -> None:
+        owner_sql, owner_args = self._owner_sql()
+        with self._transaction() as cur:
+            cur.execute(
+                f"delete from public.lab_runs where id = %s{owner_sql} returning id",
+                (_lab_key(run_id), *owner_args),
+            )
+            if cur.fetchone() is None:
+                raise LabRunNotFound(run_id)
+
 
 def _key(batch_id: str) -> str:
     """A batch id as a UUID; anything else names no batch."""
     key = as_uuid(batch_id)
     if key is None:
         raise BatchNotFound(batch_id)
+    return key
+
+
+def _lab_key(run_id: str) -> str:
+    """A lab run id as a UUID; anything else names no run."""
+    key = as_uuid(run_id)
+    if key is None:
+        raise LabRunNotFound(run_id)
     return key
 
 

@@ -203,3 +203,29 @@ def counter_deltas(results: list[RowResult]) -> dict[str, float]:
         "reused": sum(r.reused for r in results),
         "saved_usd": sum(r.saved_usd for r in results),
     }
+
+
+# -- prompt-lab runs ----------------------------------------------------------
+
+#: Keys of a lab run that the store keeps in columns of their own.
+LAB_RUN_KEYS = frozenset({"id", "name", "user_id", "created_at", "updated_at"})
+
+
+def lab_run_name(run: Mapping[str, Any]) -> str:
+    """A lab run's name, never empty."""
+    return str(run.get("name") or "").strip() or "Untitled lab run"
+
+
+def lab_run_data(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON document a store keeps for a lab run: all but its own columns."""
+    return {k: v for k, v in run.items() if k not in LAB_RUN_KEYS}
+
+
+def lab_run_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A lab run as saved, from a ``lab_runs`` record of any store."""
+    run = dict(from_json(rec["data"]) or {})
+    run["id"] = str(rec["id"])
+    run["name"] = rec["name"]
+    run["created_at"] = to_datetime(rec["created_at"])
+    run["updated_at"] = to_datetime(rec["updated_at"])
+    return run

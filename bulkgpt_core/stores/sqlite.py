@@ -28,7 +28,7 @@ from ..batches import (
     StoredRow,
     utcnow,
 )
-from ..errors import BatchNotFound, StoreError
+from ..errors import BatchNotFound, LabRunNotFound, StoreError
 from .base import EXPORT_PAGE_ROWS, INGEST_CHUNK_ROWS, Store
 from .records import (
     BATCH_FIELDS,
@@ -36,6 +36,10 @@ from .records import (
     UPDATABLE_FIELDS,
     batch_from_record,
     counter_deltas,
+    lab_run_data,
+    lab_run_from_record,
+    lab_run_name,
+    new_batch_id,
     new_batch_record,
     result_record,
     stored_row_from_record,
@@ -45,7 +49,7 @@ from .records import (
 log = logging.getLogger(__name__)
 
 DB_FILE_NAME = "bulkgpt.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TERMINAL = (RowStatus.SUCCEEDED.value, RowStatus.FAILED.value)
 
 SCHEMA = """
@@ -115,6 +119,17 @@ CREATE TABLE IF NOT EXISTS batch_progress (
     failed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batch_progress_batch ON batch_progress (batch_id, at);
+
+-- The prompt lab's runs: variants compared on a few rows, one JSON document each.
+CREATE TABLE IF NOT EXISTS lab_runs (
+    id TEXT PRIMARY KEY,
+    user_id TEXT,
+    name TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lab_runs_owner ON lab_runs (user_id, created_at);
 """
 
 RESULT_UPDATE = """
@@ -213,12 +228,16 @@ class SQLiteStore(Store):
         return " AND user_id = ?", (self.owner,)
 
     def _check_batch(self, conn: sqlite3.Connection, batch_id: str) -> None:
+        if not self._owns(conn, batch_id):
+            raise BatchNotFound(batch_id)
+
+    def _owns(self, conn: sqlite3.Connection, batch_id: str) -> bool:
+        """Whether the batch exists and this store's owner may see it."""
         clause, args = self._owner_clause()
         found = conn.execute(
             f"SELECT 1 FROM batches WHERE id = ?{clause}", (batch_id, *args)
         ).fetchone()
-        if not found:
-            raise BatchNotFound(batch_id)
+        return found is not None
 
     # -- batches -------------------------------------------------------------
 
@@ -394,6 +413,8 @@ class SQLiteStore(Store):
         if not indexes:
             return
         with self._write() as conn:
+            if not self._owns(conn, batch_id):
+                return  # like bulkgpt_release_rows: another owner's rows stay
             conn.executemany(
                 "UPDATE batch_results SET status = 'pending' WHERE batch_id = ? "
                 "AND row_index = ? AND status = 'running'",
@@ -405,6 +426,7 @@ class SQLiteStore(Store):
             return 0
         now = _ts(utcnow())
         with self._write() as conn:
+            self._check_batch(conn, batch_id)
             fresh = self._not_yet_terminal(conn, batch_id, results)
             params = [_result_params(batch_id, r, now) for r in fresh]
             conn.executemany(RESULT_UPDATE, params)
@@ -480,11 +502,12 @@ class SQLiteStore(Store):
     # -- progress over time
 
     def add_progress_sample(self, batch_id: str) -> None:
+        clause, args = self._owner_clause()
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO batch_progress (batch_id, at, succeeded, failed) "
-                "SELECT id, ?, succeeded, failed FROM batches WHERE id = ?",
-                (_ts(utcnow()), batch_id),
+                f"SELECT id, ?, succeeded, failed FROM batches WHERE id = ?{clause}",
+                (_ts(utcnow()), batch_id, *args),
             )
 
     def progress_samples(
@@ -573,6 +596,61 @@ class SQLiteStore(Store):
             for row in rows:
                 found.setdefault(row["prompt_hash"], stored_row_from_record(dict(row)))
         return found
+
+    # -- prompt-lab runs -------------------------------------------------------
+
+    def save_lab_run(self, run: Mapping[str, Any]) -> str:
+        now = _ts(utcnow())
+        name, data = lab_run_name(run), to_json_text(lab_run_data(run))
+        if run.get("id") is None:
+            run_id = new_batch_id()
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO lab_runs (id, user_id, name, data, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, self.owner, name, data, now, now),
+                )
+            return run_id
+        run_id = str(run["id"])
+        clause, args = self._owner_clause()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE lab_runs SET name = ?, data = ?, updated_at = ? "
+                f"WHERE id = ?{clause}",
+                (name, data, now, run_id, *args),
+            )
+            if cur.rowcount == 0:
+                raise LabRunNotFound(run_id)
+        return run_id
+
+    def list_lab_runs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        clause, args = self._owner_clause()
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM lab_runs WHERE 1 = 1{clause} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [lab_run_from_record(dict(r)) for r in rows]
+
+    def get_lab_run(self, run_id: str) -> dict[str, Any]:
+        clause, args = self._owner_clause()
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT * FROM lab_runs WHERE id = ?{clause}", (run_id, *args)
+            ).fetchone()
+        if row is None:
+            raise LabRunNotFound(run_id)
+        return lab_run_from_record(dict(row))
+
+    def delete_lab_run(self, run_id: str) -> None:
+        clause, args = self._owner_clause()
+        with self._write() as conn:
+            cur = conn.execute(
+                f"DELETE FROM lab_runs WHERE id = ?{clause}", (run_id, *args)
+            )
+            if cur.rowcount == 0:
+                raise LabRunNotFound(run_id)
 
 
 def _batch_row(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ..batches import (
     StoredRow,
     utcnow,
 )
-from ..errors import BatchNotFound, StoreError
+from ..errors import BatchNotFound, LabRunNotFound, StoreError
 from .base import EXPORT_PAGE_ROWS, INGEST_CHUNK_ROWS, Store
 from .pg_schema import (
     MISSING_SCHEMA_FIX,
@@ -57,6 +57,10 @@ from .pg_schema import (
 from .records import (
     UPDATABLE_FIELDS,
     batch_from_record,
+    lab_run_data,
+    lab_run_from_record,
+    lab_run_name,
+    new_batch_id,
     new_batch_record,
     stored_row_from_record,
     to_datetime,
@@ -459,12 +463,63 @@ class SupabaseStore(Store):
                 found.setdefault(row["prompt_hash"], stored_row_from_record(row))
         return found
 
+    # -- prompt-lab runs -----------------------------------------------------
+
+    def save_lab_run(self, run: Mapping[str, Any]) -> str:
+        values = {"name": lab_run_name(run), "data": lab_run_data(run)}
+        if run.get("id") is None:
+            run_id = new_batch_id()
+            record = {"id": run_id, "user_id": self.owner, **values}
+            # Ignoring a duplicate id makes a retried insert harmless.
+            request = self.client.table("lab_runs").upsert(
+                without_nul(record),
+                on_conflict="id",
+                ignore_duplicates=True,
+                returning=ReturnMethod.minimal,
+            )
+            self._execute("saving a lab run", request)
+            return run_id
+        key = _lab_key(str(run["id"]))
+        changes = {**without_nul(values), "updated_at": utcnow()}
+        query = self.client.table("lab_runs").update(changes).eq("id", key)
+        rows = self._execute("saving a lab run", self._owned(query).select("id"))
+        if not rows:
+            raise LabRunNotFound(str(run["id"]))
+        return key
+
+    def list_lab_runs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        query = self._owned(self.client.table("lab_runs").select("*"))
+        query = query.order("created_at", desc=True).order("id").limit(limit)
+        rows = self._execute("listing lab runs", query)
+        return [lab_run_from_record(r) for r in rows]
+
+    def get_lab_run(self, run_id: str) -> dict[str, Any]:
+        query = self.client.table("lab_runs").select("*").eq("id", _lab_key(run_id))
+        rows = self._execute("reading a lab run", self._owned(query))
+        if not rows:
+            raise LabRunNotFound(run_id)
+        return lab_run_from_record(rows[0])
+
+    def delete_lab_run(self, run_id: str) -> None:
+        query = self.client.table("lab_runs").delete().eq("id", _lab_key(run_id))
+        rows = self._execute("deleting a lab run", self._owned(query).select("id"))
+        if not rows:
+            raise LabRunNotFound(run_id)
+
 
 def _key(batch_id: str) -> str:
     """A batch id as a UUID; anything else names no batch."""
     key = as_uuid(batch_id)
     if key is None:
         raise BatchNotFound(batch_id)
+    return key
+
+
+def _lab_key(run_id: str) -> str:
+    """A lab run id as a UUID; anything else names no run."""
+    key = as_uuid(run_id)
+    if key is None:
+        raise LabRunNotFound(run_id)
     return key
 
 

@@ -1,0 +1,1 @@
+"""The reliability suite's helpers: hostile files, workers under stress, outcomes."""
