@@ -12,7 +12,7 @@ from bulkgpt_core import views
 from bulkgpt_core.actions import BatchRequest, launch_batch
 from bulkgpt_core.config import DEMO_MODEL
 from bulkgpt_core.cost import parse_price_overrides
-from bulkgpt_core.estimate import CHARS_PER_TOKEN, estimate_batch
+from bulkgpt_core.estimate import estimate_batch
 from bulkgpt_core.models import NO_KEY
 from bulkgpt_core.sample_run import (
     DEFAULT_SAMPLE_ROWS,
@@ -302,12 +302,14 @@ if not ready:
     st.info("Fix the prompt or the output fields above to see the estimate.")
     st.stop()
 tried = remembered and remembered[0] == signature
+generation = request.generation()
 estimate = estimate_batch(
     table,
     template,
-    request.generation(),
+    generation,
     answer_tokens=remembered[1].answer_tokens() if tried else (),
     prices=parse_price_overrides(settings.prices),
+    chars_per_token=ui.counted_chars_per_token(settings, held, template, generation),
 )
 rows_col, tokens_col, cost_col = st.columns(3)
 rows_col.metric("Rows", f"{estimate.rows:,}")
@@ -322,8 +324,7 @@ cost_col.metric(
     else views.format_cost_range(estimate.cost_low, estimate.cost_high),
 )
 st.caption(
-    f"Input: the rendered prompts of {estimate.measured_rows:,} rows at about "
-    f"{CHARS_PER_TOKEN} characters per token. Output: {estimate.output_basis}. "
+    f"Input: {estimate.input_basis}. Output: {estimate.output_basis}. "
     f"Price of {request.model}: ${estimate.price.input_per_m:g} in and "
     f"${estimate.price.output_per_m:g} out per million tokens "
     f"(checked {estimate.price.checked or 'never'})."

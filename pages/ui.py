@@ -20,8 +20,9 @@ from typing import Any, ParamSpec, TypeVar
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from bulkgpt_core import views
+from bulkgpt_core import estimate, views
 from bulkgpt_core.actions import BatchRequest
+from bulkgpt_core.batches import GenerationSettings
 from bulkgpt_core.config import DEMO_MODEL, Settings
 from bulkgpt_core.errors import (
     BatchNotFound,
@@ -499,6 +500,23 @@ def started_from_notice(held: HeldUpload | None) -> str | None:
 
 
 # --- The sample run -----------------------------------------------------------
+
+
+def counted_chars_per_token(
+    settings: Settings,
+    held: HeldUpload,
+    template: str,
+    generation: GenerationSettings,
+) -> float | None:
+    """Gemini's count of characters per token for this file and prompt,
+    asked once per file, prompt and model and kept for the session."""
+    key = ("counted", held.file_id, template, generation.model)
+    cache = st.session_state.setdefault("counted_ratios", {})
+    if key not in cache and held.table is not None:
+        cache[key] = estimate.counted_chars_per_token(
+            settings, generation, held.table, template
+        )
+    return cache.get(key)
 
 
 def remember_sample(signature: tuple[object, ...], run: SampleRun) -> None:

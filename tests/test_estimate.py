@@ -7,6 +7,7 @@ import math
 import pytest
 
 from bulkgpt_core.batches import GenerationSettings
+from bulkgpt_core.config import Settings
 from bulkgpt_core.cost import PRICES, Price
 from bulkgpt_core.errors import TemplateError
 from bulkgpt_core.estimate import (
@@ -16,11 +17,13 @@ from bulkgpt_core.estimate import (
     SAMPLE_HIGH,
     SAMPLE_LOW,
     TYPICAL_ANSWER_TOKENS,
+    counted_chars_per_token,
     estimate_batch,
     measured_indexes,
     prompt_tokens,
 )
 from bulkgpt_core.tables import Table, read_csv
+from tests.fake_gemini import FakeGemini
 
 FLASH = GenerationSettings(model="gemini-2.5-flash")
 
@@ -150,3 +153,42 @@ def test_price_overrides() -> None:
 def test_a_template_that_does_not_fit_is_refused() -> None:
     with pytest.raises(TemplateError):
         estimate_batch(table_of(["x"]), "Say <<nope>>", FLASH)
+
+
+def test_gemini_counts_a_sample_and_the_estimate_uses_its_ratio(
+    gemini: FakeGemini,
+) -> None:
+    # The fake tokenizer counts a token per four characters.
+    table = read_csv(b"text\n" + b"\n".join(b"x" * 396 for _ in range(50)))
+    generation = GenerationSettings(model="gemini-2.5-flash")
+    ratio = counted_chars_per_token(Settings.from_env(), generation, table, "<<text>>")
+
+    assert ratio is not None and 3.5 < ratio <= 4.0
+    assert gemini.stats()["by_method"] == {"countTokens": 1}
+    counted = estimate_batch(table, "<<text>>", generation, chars_per_token=ratio)
+    assert "Gemini counted" in counted.input_basis
+    # A counted ratio gives a narrower range than the rule of thumb.
+    guessed = estimate_batch(table, "<<text>>", generation)
+    assert (
+        counted.tokens_in_high - counted.tokens_in_low
+        < guessed.tokens_in_high - guessed.tokens_in_low
+    )
+
+
+def test_counting_is_skipped_offline_and_survives_failures(
+    gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = read_csv(b"text\nhello\n")
+    demo = GenerationSettings(model="demo")
+    assert counted_chars_per_token(Settings.from_env(), demo, table, "<<text>>") is None
+    gemini.configure(api_key="another-key")
+    generation = GenerationSettings(model="gemini-2.5-flash")
+    assert (
+        counted_chars_per_token(Settings.from_env(), generation, table, "<<text>>")
+        is None
+    )
+    monkeypatch.delenv("GEMINI_API_KEY")
+    assert (
+        counted_chars_per_token(Settings.from_env(), generation, table, "<<text>>")
+        is None
+    )
