@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,9 +119,15 @@ def resume(settings: Settings, store: Store, batch_id: str) -> Batch:
     return store.get_batch(batch_id)
 
 
-def retry_failed_rows(settings: Settings, store: Store, batch_id: str) -> int:
-    """Put every failed row back in the queue and start a worker; say how many."""
-    count = jobs.retry_failed(store, batch_id)
+def retry_failed_rows(
+    settings: Settings,
+    store: Store,
+    batch_id: str,
+    kinds: Sequence[str] | None = None,
+) -> int:
+    """Put failed rows (all, or of some reasons) back in the queue and start a
+    worker; say how many."""
+    count = jobs.retry_failed(store, batch_id, kinds)
     if count:
         _start(settings, store, batch_id)
     return count

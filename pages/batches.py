@@ -260,9 +260,21 @@ def live_details() -> None:
     groups = views.failure_groups(store.failure_counts(batch.id))
     if groups:
         st.subheader("Failures")
+        can_retry = Action.RETRY_FAILED in actions.available_actions(current)
         for group in groups:
             rows = "row" if group.count == 1 else "rows"
-            st.markdown(f"**{group.title}**: {group.count:,} {rows}. {group.fix}")
+            text, button = st.columns([5, 1], vertical_alignment="center")
+            text.markdown(f"**{group.title}**: {group.count:,} {rows}. {group.fix}")
+            if can_retry and button.button(
+                "Retry these", key=f"retry_{group.kind}", icon=":material/replay:"
+            ):
+                with ui.attempt():
+                    count = actions.retry_failed_rows(
+                        settings, store, batch.id, kinds=[group.kind]
+                    )
+                    noun = "row" if count == 1 else "rows"
+                    ui.flash(f"Retrying {count:,} {noun}: {group.title.lower()}.")
+                    st.rerun()
 
 
 live_details()

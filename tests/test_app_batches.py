@@ -250,6 +250,25 @@ def test_retry_failed_rows(store: Store, isolated_env: Path) -> None:
     assert statuses == [RowStatus.SUCCEEDED] * 4
 
 
+def test_retry_failed_rows_of_one_reason(store: Store, isolated_env: Path) -> None:
+    batch = create_batch(store, small_table(4))
+    advance(store, batch, succeeded=1, failed=2)
+    store.record_results(
+        batch.id,
+        [RowResult(3, RowStatus.FAILED, error_kind="timeout", error_message="slow")],
+    )
+    finish(store, batch.id)
+    at = batch_page(batch.id)
+
+    with workers_stopped(isolated_env):
+        at.button(key="retry_timeout").click().run()
+        assert "Retrying 1 row: no answer before the timeout" in texts(at.toast)[0]
+        done = wait_until_finished(store, batch.id)
+
+    assert (done.succeeded, done.failed) == (2, 2)
+    assert store.failure_counts(batch.id) == {"safety": 2}
+
+
 def test_resume_waits_for_a_worker_still_winding_down(store: Store) -> None:
     batch = create_batch(store)
     advance(store, batch, succeeded=1)
