@@ -169,29 +169,7 @@ max_output_tokens = tokens_col.number_input(
     placeholder="The model's default",
     help="Longest answer per row. Thinking models spend part of it thinking.",
 )
-with st.expander("Advanced"):
-    concurrency_col, rpm_col, tpm_col = st.columns(3)
-    concurrency = concurrency_col.number_input(
-        "Calls at once",
-        min_value=1,
-        max_value=settings.max_concurrency,
-        key="concurrency",
-        persist_state="session",
-    )
-    rpm = rpm_col.number_input(
-        "Requests per minute",
-        min_value=1,
-        key="rpm",
-        persist_state="session",
-        placeholder="No limit",
-    )
-    tpm = tpm_col.number_input(
-        "Tokens per minute",
-        min_value=1,
-        key="tpm",
-        persist_state="session",
-        placeholder="No limit",
-    )
+concurrency, rpm, tpm = ui.rate_limit_inputs(settings)
 if model != DEMO_MODEL and not settings.has_gemini_key:
     st.warning(NO_KEY)
 

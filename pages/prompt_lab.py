@@ -209,29 +209,9 @@ if table is not None:
         persist_state="session",
         disabled=choice is not RowChoice.RANDOM,
     )
-    with st.expander("Advanced"):
-        concurrency_col, rpm_col, tpm_col = st.columns(3)
-        concurrency = concurrency_col.number_input(
-            "Calls at once (all variants together)",
-            min_value=1,
-            max_value=settings.max_concurrency,
-            key="lab_concurrency",
-            persist_state="session",
-        )
-        rpm = rpm_col.number_input(
-            "Requests per minute",
-            min_value=1,
-            key="lab_rpm",
-            persist_state="session",
-            placeholder="No limit",
-        )
-        tpm = tpm_col.number_input(
-            "Tokens per minute",
-            min_value=1,
-            key="lab_tpm",
-            persist_state="session",
-            placeholder="No limit",
-        )
+    concurrency, rpm, tpm = ui.rate_limit_inputs(
+        settings, key_prefix="lab_", calls_label="Calls at once (all variants together)"
+    )
     run_label = f"Run {count} variants"
     if st.button(run_label, icon=":material/science:", disabled=not ready):
         with ui.attempt(), st.spinner("Asking every variant about every row…"):

@@ -502,6 +502,36 @@ def started_from_notice(held: HeldUpload | None) -> str | None:
 # --- The sample run -----------------------------------------------------------
 
 
+def rate_limit_inputs(
+    settings: Settings, *, key_prefix: str = "", calls_label: str = "Calls at once"
+) -> tuple[int, int | None, int | None]:
+    """The "Advanced" expander: concurrency, requests and tokens per minute."""
+    with st.expander("Advanced"):
+        concurrency_col, rpm_col, tpm_col = st.columns(3)
+        concurrency = concurrency_col.number_input(
+            calls_label,
+            min_value=1,
+            max_value=settings.max_concurrency,
+            key=f"{key_prefix}concurrency",
+            persist_state="session",
+        )
+        rpm = rpm_col.number_input(
+            "Requests per minute",
+            min_value=1,
+            key=f"{key_prefix}rpm",
+            persist_state="session",
+            placeholder="No limit",
+        )
+        tpm = tpm_col.number_input(
+            "Tokens per minute",
+            min_value=1,
+            key=f"{key_prefix}tpm",
+            persist_state="session",
+            placeholder="No limit",
+        )
+    return concurrency, rpm, tpm
+
+
 def counted_chars_per_token(
     settings: Settings,
     held: HeldUpload,

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from ..batches import RowResult
-from ..errors import StoreError
+from ..errors import BatchNotFound, LabRunNotFound, StoreError
 from .records import result_record
 
 log = logging.getLogger(__name__)
@@ -215,3 +215,19 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch id as a UUID; anything else names no batch."""
+    key = as_uuid(batch_id)
+    if key is None:
+        raise BatchNotFound(batch_id)
+    return key
+
+
+def lab_run_key(run_id: str) -> str:
+    """A lab run id as a UUID; anything else names no run."""
+    key = as_uuid(run_id)
+    if key is None:
+        raise LabRunNotFound(run_id)
+    return key

@@ -41,7 +41,9 @@ from .base import EXPORT_PAGE_ROWS, INGEST_CHUNK_ROWS, Store
 from .pg_schema import (
     MISSING_SCHEMA_FIX,
     as_uuid,
+    batch_key,
     batch_owner,
+    lab_run_key,
     owner_uuid,
     result_payload,
     row_bounds,
@@ -252,7 +254,7 @@ class PostgresStore(Store):
         chunk_rows: int = INGEST_CHUNK_ROWS * 10,
     ) -> int:
         """Append rows with COPY, one transaction (and total_rows bump) per chunk."""
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         added = 0
         iterator = iter(rows)
         while chunk := list(islice(iterator, max(chunk_rows, 1))):
@@ -285,7 +287,7 @@ class PostgresStore(Store):
         return len(chunk)
 
     def get_batch(self, batch_id: str) -> Batch:
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         owner_sql, owner_args = self._owner_sql()
         with self._transaction(batch_id) as cur:
             cur.execute(
@@ -312,7 +314,7 @@ class PostgresStore(Store):
         unknown = set(fields) - UPDATABLE_FIELDS
         if unknown:
             raise ValueError(f"Fields that cannot be set: {sorted(unknown)}")
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         sets = "".join(f"{name} = %s, " for name in fields)
         owner_sql, owner_args = self._owner_sql()
         with self._transaction(batch_id) as cur:
@@ -337,7 +339,7 @@ class PostgresStore(Store):
             cur.execute(
                 "select public.bulkgpt_set_status(%s, %s, %s::text[], %s, %s) as ok",
                 (
-                    _key(batch_id),
+                    batch_key(batch_id),
                     status.value,
                     allowed,
                     without_nul(last_error),
@@ -348,7 +350,7 @@ class PostgresStore(Store):
         return bool(row and row["ok"])
 
     def delete_batch(self, batch_id: str) -> None:
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         owner_sql, owner_args = self._owner_sql()
         with self._transaction(batch_id) as cur:
             cur.execute(
@@ -367,7 +369,7 @@ class PostgresStore(Store):
         with self._transaction(batch_id) as cur:
             cur.execute(
                 "select public.bulkgpt_requeue_running(%s, %s::int, %s::int, %s) as n",
-                (_key(batch_id), lo, hi, self.owner),
+                (batch_key(batch_id), lo, hi, self.owner),
             )
             return _count(cur)
 
@@ -384,7 +386,7 @@ class PostgresStore(Store):
             cur.execute(
                 "select row_index, input from public.bulkgpt_claim_rows"
                 "(%s, %s::int, %s::int, %s::int, %s::int, %s)",
-                (_key(batch_id), after_index, limit, lo, hi, self.owner),
+                (batch_key(batch_id), after_index, limit, lo, hi, self.owner),
             )
             rows = cur.fetchall()
         return [PendingRow(r["row_index"], r["input"]) for r in rows]
@@ -405,7 +407,7 @@ class PostgresStore(Store):
         with self._transaction(batch_id) as cur:
             cur.execute(
                 "select public.bulkgpt_record_results(%s, %s, %s) as n",
-                (_key(batch_id), Jsonb(result_payload(results)), self.owner),
+                (batch_key(batch_id), Jsonb(result_payload(results)), self.owner),
             )
             return _count(cur)
 
@@ -414,7 +416,7 @@ class PostgresStore(Store):
         with self._transaction(batch_id) as cur:
             cur.execute(
                 "select public.bulkgpt_reset_failed(%s, %s::text[], %s) as n",
-                (_key(batch_id), chosen, self.owner),
+                (batch_key(batch_id), chosen, self.owner),
             )
             return _count(cur)
 
@@ -432,7 +434,7 @@ class PostgresStore(Store):
     def progress_samples(
         self, batch_id: str, *, limit: int = 1000
     ) -> list[ProgressSample]:
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         with self._transaction(batch_id) as cur:
             self._require(cur, key)
             cur.execute(
@@ -454,7 +456,7 @@ class PostgresStore(Store):
         status: RowStatus | None = None,
         page_rows: int = EXPORT_PAGE_ROWS,
     ) -> Iterator[StoredRow]:
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         with self._transaction(batch_id) as cur:
             self._require(cur, key)
         status_sql = "" if status is None else " and status = %s"
@@ -474,7 +476,7 @@ class PostgresStore(Store):
             after = rows[-1]["row_index"]
 
     def latest_results(self, batch_id: str, *, limit: int = 20) -> list[StoredRow]:
-        key = _key(batch_id)
+        key = batch_key(batch_id)
         with self._transaction(batch_id) as cur:
             self._require(cur, key)
             cur.execute(
@@ -490,7 +492,7 @@ class PostgresStore(Store):
             cur.execute(
                 "select error_kind, failed_rows "
                 "from public.bulkgpt_failure_counts(%s, %s)",
-                (_key(batch_id), self.owner),
+                (batch_key(batch_id), self.owner),
             )
             rows = cur.fetchall()
         return {r["error_kind"]: int(r["failed_rows"]) for r in rows}
@@ -528,7 +530,7 @@ class PostgresStore(Store):
                     (run_id, self.owner, name, data),
                 )
             return run_id
-        key = _lab_key(str(run["id"]))
+        key = lab_run_key(str(run["id"]))
         owner_sql, owner_args = self._owner_sql()
         with self._transaction() as cur:
             cur.execute(
@@ -556,7 +558,7 @@ class PostgresStore(Store):
         with self._transaction() as cur:
             cur.execute(
                 f"select * from public.lab_runs where id = %s{owner_sql}",
-                (_lab_key(run_id), *owner_args),
+                (lab_run_key(run_id), *owner_args),
             )
             row = cur.fetchone()
         if row is None:
@@ -568,26 +570,10 @@ class PostgresStore(Store):
         with self._transaction() as cur:
             cur.execute(
                 f"delete from public.lab_runs where id = %s{owner_sql} returning id",
-                (_lab_key(run_id), *owner_args),
+                (lab_run_key(run_id), *owner_args),
             )
             if cur.fetchone() is None:
                 raise LabRunNotFound(run_id)
-
-
-def _key(batch_id: str) -> str:
-    """A batch id as a UUID; anything else names no batch."""
-    key = as_uuid(batch_id)
-    if key is None:
-        raise BatchNotFound(batch_id)
-    return key
-
-
-def _lab_key(run_id: str) -> str:
-    """A lab run id as a UUID; anything else names no run."""
-    key = as_uuid(run_id)
-    if key is None:
-        raise LabRunNotFound(run_id)
-    return key
 
 
 def _count(cur: Cursor) -> int:

@@ -48,7 +48,9 @@ from .base import EXPORT_PAGE_ROWS, INGEST_CHUNK_ROWS, Store
 from .pg_schema import (
     MISSING_SCHEMA_FIX,
     as_uuid,
+    batch_key,
     batch_owner,
+    lab_run_key,
     owner_uuid,
     result_payload,
     row_bounds,
@@ -257,7 +259,7 @@ class SupabaseStore(Store):
         added = 0
         while chunk := [dict(r) for r in islice(iterator, size)]:
             args = {
-                "p_batch_id": _key(batch_id),
+                "p_batch_id": batch_key(batch_id),
                 "p_start": start + added,
                 "p_rows": without_nul(chunk),
             }
@@ -266,7 +268,7 @@ class SupabaseStore(Store):
         return added
 
     def get_batch(self, batch_id: str) -> Batch:
-        query = self.client.table("batches").select("*").eq("id", _key(batch_id))
+        query = self.client.table("batches").select("*").eq("id", batch_key(batch_id))
         rows = self._execute("reading a batch", self._owned(query), batch_id)
         if not rows:
             raise BatchNotFound(batch_id)
@@ -282,7 +284,9 @@ class SupabaseStore(Store):
         if unknown:
             raise ValueError(f"Fields that cannot be set: {sorted(unknown)}")
         values = {**without_nul(fields), "updated_at": utcnow()}
-        query = self.client.table("batches").update(values).eq("id", _key(batch_id))
+        query = (
+            self.client.table("batches").update(values).eq("id", batch_key(batch_id))
+        )
         rows = self._execute(
             "updating a batch", self._owned(query).select("id"), batch_id
         )
@@ -298,7 +302,7 @@ class SupabaseStore(Store):
         last_error: str | None = None,
     ) -> bool:
         args = {
-            "p_batch_id": _key(batch_id),
+            "p_batch_id": batch_key(batch_id),
             "p_status": status.value,
             "p_only_from": None if only_from is None else [s.value for s in only_from],
             "p_last_error": without_nul(last_error),
@@ -309,7 +313,7 @@ class SupabaseStore(Store):
         return bool(done)
 
     def delete_batch(self, batch_id: str) -> None:
-        query = self.client.table("batches").delete().eq("id", _key(batch_id))
+        query = self.client.table("batches").delete().eq("id", batch_key(batch_id))
         rows = self._execute(
             "deleting a batch", self._owned(query).select("id"), batch_id
         )
@@ -322,7 +326,7 @@ class SupabaseStore(Store):
         self, batch_id: str, row_range: tuple[int, int] | None = None
     ) -> int:
         lo, hi = row_bounds(row_range)
-        args = {"p_batch_id": _key(batch_id), "p_lo": lo, "p_hi": hi}
+        args = {"p_batch_id": batch_key(batch_id), "p_lo": lo, "p_hi": hi}
         return int(
             self._rpc("requeueing rows", "bulkgpt_requeue_running", args, batch_id)
         )
@@ -337,7 +341,7 @@ class SupabaseStore(Store):
     ) -> list[PendingRow]:
         lo, hi = row_bounds(row_range)
         args = {
-            "p_batch_id": _key(batch_id),
+            "p_batch_id": batch_key(batch_id),
             "p_after": after_index,
             "p_limit": min(limit, MAX_RESPONSE_ROWS),
             "p_lo": lo,
@@ -358,14 +362,14 @@ class SupabaseStore(Store):
         """Write a flush of results in one request (the counters move with it)."""
         if not results:
             return 0
-        args = {"p_batch_id": _key(batch_id), "p_results": result_payload(results)}
+        args = {"p_batch_id": batch_key(batch_id), "p_results": result_payload(results)}
         return int(
             self._rpc("recording results", "bulkgpt_record_results", args, batch_id)
         )
 
     def reset_failed(self, batch_id: str, kinds: Iterable[str] | None = None) -> int:
         args = {
-            "p_batch_id": _key(batch_id),
+            "p_batch_id": batch_key(batch_id),
             "p_kinds": None if kinds is None else list(kinds),
         }
         return int(
@@ -389,7 +393,7 @@ class SupabaseStore(Store):
         query = (
             self.client.table("batch_progress")
             .select("at,succeeded,failed")
-            .eq("batch_id", _key(batch_id))
+            .eq("batch_id", batch_key(batch_id))
             .order("at", desc=True)
             .order("id", desc=True)
             .limit(limit)
@@ -416,7 +420,7 @@ class SupabaseStore(Store):
             query = (
                 self.client.table("batch_results")
                 .select("*")
-                .eq("batch_id", _key(batch_id))
+                .eq("batch_id", batch_key(batch_id))
                 .gt("row_index", after)
             )
             if status is not None:
@@ -433,7 +437,7 @@ class SupabaseStore(Store):
         query = (
             self.client.table("batch_results")
             .select("*")
-            .eq("batch_id", _key(batch_id))
+            .eq("batch_id", batch_key(batch_id))
             .in_("status", TERMINAL)
             .order("updated_at", desc=True)
             .limit(limit)
@@ -442,7 +446,7 @@ class SupabaseStore(Store):
         return [stored_row_from_record(r) for r in rows]
 
     def failure_counts(self, batch_id: str) -> dict[str, int]:
-        args = {"p_batch_id": _key(batch_id)}
+        args = {"p_batch_id": batch_key(batch_id)}
         rows = self._rpc("counting failures", "bulkgpt_failure_counts", args, batch_id)
         return {r["error_kind"]: int(r["failed_rows"]) for r in rows}
 
@@ -479,7 +483,7 @@ class SupabaseStore(Store):
             )
             self._execute("saving a lab run", request)
             return run_id
-        key = _lab_key(str(run["id"]))
+        key = lab_run_key(str(run["id"]))
         changes = {**without_nul(values), "updated_at": utcnow()}
         query = self.client.table("lab_runs").update(changes).eq("id", key)
         rows = self._execute("saving a lab run", self._owned(query).select("id"))
@@ -494,33 +498,17 @@ class SupabaseStore(Store):
         return [lab_run_from_record(r) for r in rows]
 
     def get_lab_run(self, run_id: str) -> dict[str, Any]:
-        query = self.client.table("lab_runs").select("*").eq("id", _lab_key(run_id))
+        query = self.client.table("lab_runs").select("*").eq("id", lab_run_key(run_id))
         rows = self._execute("reading a lab run", self._owned(query))
         if not rows:
             raise LabRunNotFound(run_id)
         return lab_run_from_record(rows[0])
 
     def delete_lab_run(self, run_id: str) -> None:
-        query = self.client.table("lab_runs").delete().eq("id", _lab_key(run_id))
+        query = self.client.table("lab_runs").delete().eq("id", lab_run_key(run_id))
         rows = self._execute("deleting a lab run", self._owned(query).select("id"))
         if not rows:
             raise LabRunNotFound(run_id)
-
-
-def _key(batch_id: str) -> str:
-    """A batch id as a UUID; anything else names no batch."""
-    key = as_uuid(batch_id)
-    if key is None:
-        raise BatchNotFound(batch_id)
-    return key
-
-
-def _lab_key(run_id: str) -> str:
-    """A lab run id as a UUID; anything else names no run."""
-    key = as_uuid(run_id)
-    if key is None:
-        raise LabRunNotFound(run_id)
-    return key
 
 
 def _describe(exc: Exception) -> str:
