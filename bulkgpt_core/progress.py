@@ -36,7 +36,10 @@ def progress(batch: Batch, now: datetime | None = None) -> Progress:
     remaining = max(total - done, 0)
     elapsed = _elapsed(batch, now)
     rate = batch.rows_per_second
-    if rate <= 0 and elapsed > 0 and batch.status is BatchStatus.RUNNING:
+    if batch.status.is_finished:
+        # A finished batch is described by its average speed over the run.
+        rate = done / elapsed if elapsed > 0 else 0.0
+    elif rate <= 0 and elapsed > 0 and batch.status is BatchStatus.RUNNING:
         rate = done / elapsed
     eta = None
     if batch.status is BatchStatus.RUNNING and rate > 0:
@@ -47,7 +50,7 @@ def progress(batch: Batch, now: datetime | None = None) -> Progress:
         failed=batch.failed,
         remaining=remaining,
         fraction=done / total if total else 0.0,
-        rows_per_second=rate if not batch.status.is_finished else 0.0,
+        rows_per_second=rate,
         eta_seconds=eta,
         elapsed_seconds=elapsed,
         tokens_in=batch.tokens_in,

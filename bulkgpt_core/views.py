@@ -278,19 +278,13 @@ def throughput_frame(
 
 
 def batch_metrics(batch: Batch, now: datetime | None = None) -> list[Metric]:
-    """The numbers of the batch page, in reading order.
-
-    A finished batch shows its average speed over the whole run.
-    """
+    """The numbers of the batch page, in reading order."""
     p = progress(batch, now)
-    rate = p.rows_per_second
-    if p.status.is_finished and p.elapsed_seconds > 0:
-        rate = p.done / p.elapsed_seconds
     return [
         Metric("Done", f"{p.done:,} of {p.total:,}"),
         Metric("Failed", f"{p.failed:,}"),
         Metric("Remaining", f"{p.remaining:,}"),
-        Metric("Rows per second", f"{rate:,.1f}"),
+        Metric("Rows per second", f"{p.rows_per_second:,.1f}"),
         Metric("Time left", format_duration(p.eta_seconds)),
         Metric("Elapsed", format_duration(p.elapsed_seconds)),
         Metric("Tokens in", f"{p.tokens_in:,}"),
