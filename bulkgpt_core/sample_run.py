@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .batches import GenerationSettings
+from .batches import GenerationSettings, RowResult, RowStatus
+from .calls import CallPolicy, FatalCallError, RowCaller
 from .config import Settings
 from .cost import Price, parse_price_overrides, price_for
 from .models import open_model
-from .models.base import FailureKind, ModelClient, ModelError, ModelReply
+from .models.base import FailureKind, ModelClient, ModelError
+from .pacing import Pacer
 from .reasons import reason_for
 from .tables import Table
 from .templates import CompiledTemplate, compile_template
@@ -113,6 +114,9 @@ def run_sample(
 ) -> SampleRun:
     """Render and send the chosen rows now, and wait for every answer.
 
+    Each row is asked exactly as a batch would ask it (the same retries,
+    output-field checks and cut-off retry), only with shorter waits.
+
     Raises :class:`~bulkgpt_core.errors.TemplateError` for a template that
     does not fit the table and :class:`~bulkgpt_core.errors.ConfigError` when
     the model cannot be used (e.g. Gemini without a key).
@@ -120,116 +124,95 @@ def run_sample(
     compiled = compile_template(template, table.columns)
     price = price_for(generation.model, parse_price_overrides(settings.prices))
     model = open_model(settings, generation.model)
+    policy = CallPolicy(
+        max_attempts=SAMPLE_ATTEMPTS,
+        base_backoff_s=0.5,
+        max_backoff_s=MAX_RETRY_WAIT_S,
+        max_output_tokens_cap=settings.max_output_tokens,
+    )
     sampler = _Sampler(
         model,
         generation,
         price,
-        concurrency=concurrency,
+        policy,
         max_prompt_chars=settings.max_prompt_chars,
+        concurrency=max(1, concurrency),
     )
     results = asyncio.run(sampler.run(compiled, table, indexes))
     return SampleRun(model=generation.model, results=results)
 
 
 class _Sampler:
-    """Sends rows with bounded concurrency, retrying briefly what is retryable."""
+    """Sends rows through one :class:`RowCaller`; a fatal error stops the rest."""
 
     def __init__(
         self,
         model: ModelClient,
         generation: GenerationSettings,
         price: Price,
-        *,
-        concurrency: int,
+        policy: CallPolicy,
         max_prompt_chars: int,
+        concurrency: int,
     ) -> None:
         self.model = model
-        self.generation = generation
-        self.price = price
-        self.concurrency = max(1, concurrency)
         self.max_prompt_chars = max_prompt_chars
         self.fatal: ModelError | None = None
+        self.stop = asyncio.Event()
+        self.caller = RowCaller(
+            model,
+            generation,
+            concurrency=concurrency,
+            pacer=Pacer(),
+            price=price,
+            policy=policy,
+            stop=self.stop,
+        )
 
     async def run(
         self, compiled: CompiledTemplate, table: Table, indexes: Sequence[int]
     ) -> list[SampleResult]:
-        gate = asyncio.Semaphore(self.concurrency)
         try:
-            return list(
-                await asyncio.gather(
-                    *(self._row(compiled, table, i, gate) for i in indexes)
-                )
-            )
+            rows = (self._row(compiled, table, i) for i in indexes)
+            return list(await asyncio.gather(*rows))
         finally:
             await self.model.aclose()
 
     async def _row(
-        self,
-        compiled: CompiledTemplate,
-        table: Table,
-        index: int,
-        gate: asyncio.Semaphore,
+        self, compiled: CompiledTemplate, table: Table, index: int
     ) -> SampleResult:
         values = table.row_dict(index)
         prompt = compiled.render(values)
         base = SampleResult(index=index, values=values, prompt=prompt)
         if len(prompt) > self.max_prompt_chars:
             return _too_long(base, self.max_prompt_chars)
-        async with gate:
-            try:
-                return await self._call(base)
-            except Exception as exc:  # one bad row never hides the others
-                log.exception("sample row %d failed unexpectedly", index)
-                detail = f"{type(exc).__name__}: {exc}"
-                return _failed(base, FailureKind.OTHER, detail)
-
-    async def _call(self, base: SampleResult) -> SampleResult:
-        started = time.perf_counter()
-        for attempt in range(1, SAMPLE_ATTEMPTS + 1):
-            if self.fatal is not None:
-                return self._failure(base, self.fatal, None)
-            try:
-                reply = await self.model.generate(base.prompt, self.generation)
-            except ModelError as exc:
-                if exc.kind.fails_every_call:
-                    self.fatal = exc
-                if not exc.retryable or attempt == SAMPLE_ATTEMPTS:
-                    return self._failure(base, exc, time.perf_counter() - started)
-                await asyncio.sleep(_retry_wait(attempt, exc.retry_after))
-            else:
-                return self._success(base, reply)
-        raise AssertionError("unreachable: the last attempt always returns")
-
-    def _success(self, base: SampleResult, reply: ModelReply) -> SampleResult:
-        return _with_reply(base, reply, self.price)
-
-    def _failure(
-        self, base: SampleResult, error: ModelError, elapsed: float | None
-    ) -> SampleResult:
-        result = base
-        if error.reply is not None:
-            result = _with_reply(base, error.reply, self.price)
-        elif elapsed is not None:
-            result = replace(base, latency_s=elapsed)
-        return _failed(result, error.kind, str(error))
+        try:
+            result = await self.caller.answer(index, prompt, "")
+        except FatalCallError as fatal:
+            self.fatal = fatal.error
+            self.stop.set()
+            result = None
+        except Exception as exc:  # one bad row never hides the others
+            log.exception("sample row %d failed unexpectedly", index)
+            return _failed(base, FailureKind.OTHER, f"{type(exc).__name__}: {exc}")
+        if result is None:
+            assert self.fatal is not None  # only a fatal error stops the caller
+            return _failed(base, self.fatal.kind, str(self.fatal))
+        return _from_result(base, result)
 
 
-def _retry_wait(attempt: int, retry_after: float | None) -> float:
-    """Doubling from half a second, at least what the server asked, capped."""
-    delay = max(0.5 * 2 ** (attempt - 1), retry_after or 0.0)
-    return min(delay, MAX_RETRY_WAIT_S)
-
-
-def _with_reply(base: SampleResult, reply: ModelReply, price: Price) -> SampleResult:
-    return replace(
+def _from_result(base: SampleResult, result: RowResult) -> SampleResult:
+    answered = replace(
         base,
-        answer=reply.text or None,
-        tokens_in=reply.tokens_in,
-        tokens_out=reply.tokens_out,
-        latency_s=reply.latency_s,
-        cost_usd=price.cost(reply.tokens_in, reply.tokens_out),
-        finish_reason=reply.finish_reason,
+        answer=result.output,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+        latency_s=None if result.latency_ms is None else result.latency_ms / 1000,
+        cost_usd=result.cost_usd,
+        finish_reason=result.finish_reason,
     )
+    if result.status is RowStatus.SUCCEEDED:
+        return answered
+    return _failed(answered, result.error_kind or "", result.error_message or "")
 
 
 def _failed(base: SampleResult, kind: str, detail: str) -> SampleResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bulkgpt_core.batches import GenerationSettings
@@ -161,3 +163,23 @@ def test_a_template_that_does_not_fit_is_refused() -> None:
     table = table_of("x")
     with pytest.raises(TemplateError, match="txt"):
         run_sample(Settings.from_env(), table, "Say <<txt>>", FLASH, [0])
+
+
+def test_rows_are_asked_as_a_batch_would_ask_them(gemini: FakeGemini) -> None:
+    # Output fields: an unusable answer gets one repair; a cut-off answer is
+    # asked again with twice the token limit.
+    gemini.configure(max_tokens_ok_at=4096)
+    schema = {
+        "type": "object",
+        "properties": {"mood": {"type": "string", "enum": ["good", "bad"]}},
+        "required": ["mood"],
+    }
+    run = sample(
+        table_of("[[fake:bad_json:1]]", "[[fake:max_tokens:1]]"),
+        generation=GenerationSettings(
+            model="gemini-2.5-flash", max_output_tokens=2048, response_schema=schema
+        ),
+    )
+    assert [r.ok for r in run.results] == [True, True]
+    assert [json.loads(r.answer or "") for r in run.results] == [{"mood": "good"}] * 2
+    assert gemini.stats()["total"] == 4
