@@ -14,7 +14,9 @@ import collections
 
 from .batches import RowResult, RowStatus, StoredRow
 
-DEFAULT_CAPACITY = 50_000
+#: Answers kept in memory. Older ones are still found: each page of rows looks
+#: its prompts up in the store, where every answer lands within a second.
+DEFAULT_CAPACITY = 5_000
 
 
 def reused_result(index: int, source: RowResult) -> RowResult:
