@@ -20,11 +20,15 @@ from typing import Any
 
 from .batches import GenerationSettings, RowResult, RowStatus
 from .cost import Price
-from .models.base import FailureKind, ModelClient, ModelError, ModelReply
+from .models.base import (
+    FailureKind,
+    ModelClient,
+    ModelError,
+    ModelReply,
+    estimate_tokens,
+)
 from .pacing import Pacer
 from .schema import AnswerError, parse_answer, repair_prompt
-
-CHARS_PER_TOKEN = 4
 
 
 class FatalCallError(Exception):
@@ -124,9 +128,7 @@ class RowCaller:
 
     async def _call_once(self, call: _RowCall) -> ModelReply | None:
         """One call, or None when the batch stopped while it waited its turn."""
-        tokens = (
-            len(call.prompt) + len(call.settings.system_prompt)
-        ) // CHARS_PER_TOKEN
+        tokens = estimate_tokens(call.settings.system_prompt + call.prompt)
         async with self._in_flight:
             if self._stop.is_set():
                 return None

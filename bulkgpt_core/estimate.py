@@ -22,12 +22,12 @@ from .config import DEMO_MODEL, Settings
 from .cost import Price, price_for
 from .errors import BulkGPTError
 from .models import open_model
+from .models.base import CHARS_PER_TOKEN
 from .tables import Table
 from .templates import compile_template
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 4
 #: How many rows are rendered to measure the prompts (spread over the file).
 MEASURED_ROWS = 200
 #: Characters per token vary with the language: the input is given as a range,

@@ -30,12 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .batches import Batch, BatchStatus, GenerationSettings
-from .calls import CHARS_PER_TOKEN
 from .config import Settings
 from .engine import EngineOptions, run_batch, settle_batch
 from .errors import BulkGPTError, StoreError
 from .models import open_model
-from .models.base import FailureKind, ModelClient, ModelError, ModelReply
+from .models.base import (
+    FailureKind,
+    ModelClient,
+    ModelError,
+    ModelReply,
+    estimate_tokens,
+)
 from .pacing import Pacer
 from .stores.base import Store
 from .worker import engine_options, run_stored_batch
@@ -161,7 +166,7 @@ class PacedModel:
         self.pacer = Pacer(rpm, tpm)
 
     async def generate(self, prompt: str, settings: GenerationSettings) -> ModelReply:
-        tokens = (len(prompt) + len(settings.system_prompt)) // CHARS_PER_TOKEN
+        tokens = estimate_tokens(settings.system_prompt + prompt)
         await self.pacer.wait(tokens)
         try:
             reply = await self.inner.generate(prompt, settings)

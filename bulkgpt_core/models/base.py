@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..batches import GenerationSettings
 from ..errors import BulkGPTError
+
+#: The rule of thumb for English text, used wherever a count is not asked for.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """About one token per four characters."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 class FailureKind(enum.StrEnum):

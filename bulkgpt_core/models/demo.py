@@ -15,7 +15,7 @@ from typing import Any
 
 from ..batches import GenerationSettings
 from ..config import DEMO_MODEL, Settings
-from .base import ModelReply
+from .base import ModelReply, estimate_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,6 @@ class DemoModel:
 
     async def aclose(self) -> None:
         """Nothing to release."""
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
 
 
 def summarize(prompt: str) -> str:
